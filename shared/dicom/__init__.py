@@ -1,0 +1,1 @@
+"""Reading bpMRI out of real DICOM trees: header scan, classification, volumes with geometry."""

@@ -1,0 +1,210 @@
+"""Header-only reading of DICOM files into small, picklable frame records.
+
+One record per 2D frame: a classic file gives one, an enhanced multi-frame file gives one per
+frame (its geometry and b-value taken from the functional groups). Files that cannot be used
+become ``Skipped`` records with a reason that ends up in the scan report.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from shared.dicom.bvalue import b_value
+
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+MR_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4": "MR",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR",
+}
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Everything scan and ingest need about one frame, without its pixels."""
+
+    path: str
+    frame: int | None  # index into a multi-frame file, None for single-frame files
+    study_uid: str
+    series_uid: str
+    series_number: int
+    series_description: str
+    sop_uid: str
+    image_type: tuple[str, ...]
+    iop: tuple[float, ...]  # ImageOrientationPatient (row cosines, column cosines)
+    ipp: tuple[float, float, float]  # ImagePositionPatient, LPS mm, centre of first pixel
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    rows: int
+    cols: int
+    b_value: float | None
+    b_source: str
+    temporal: int | None
+    manufacturer: str
+    transfer_syntax: str
+    file_size: int
+    # Identifiers used on site only to join labels; never written to the case store.
+    accession: str
+    patient_id: str
+    study_date: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def _floats(value: object, n: int) -> tuple[float, ...] | None:
+    try:
+        vals = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return vals if len(vals) == n else None
+
+
+def _first(seq_holder: Dataset | None, seq: str) -> Dataset | None:
+    if seq_holder is None:
+        return None
+    s = seq_holder.get(seq)
+    return s[0] if s else None
+
+
+def read_headers(path: str) -> list[FrameHeader] | Skipped:
+    """Read one file's header; frames on success, ``Skipped`` with the reason otherwise."""
+    try:
+        size = os.path.getsize(path)
+        ds = pydicom.dcmread(path, defer_size=512)
+    except InvalidDicomError:
+        return Skipped(path, "not DICOM")
+    except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
+        return Skipped(path, f"corrupt or truncated header ({type(exc).__name__})")
+    try:
+        return _frames(path, ds, size)
+    except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        return Skipped(path, f"malformed header ({type(exc).__name__}: {str(exc)[:80]})")
+
+
+def _frames(path: str, ds: Dataset, size: int) -> list[FrameHeader] | Skipped:
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(
+        ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")
+    )
+    if sop_class == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        return Skipped(path, "DICOMDIR (an index file, not an image)")
+    modality = str(ds.get("Modality", ""))
+    if modality != "MR":
+        return Skipped(path, f"not MR (modality {modality or 'missing'})")
+    if sop_class not in MR_CLASSES:
+        return Skipped(path, f"unsupported SOP class {sop_class or 'missing'}")
+    raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    if raw is None:
+        return Skipped(path, "no pixel data")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        return Skipped(path, "unsupported: colour image")
+    # Truncation: a defined-length PixelData must fit inside the file.
+    tell = getattr(raw, "value_tell", None)
+    length = getattr(raw, "length", None)
+    if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
+        return Skipped(path, f"truncated file (pixel data needs {tell + length} bytes, has {size})")
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+    common = dict(
+        path=path,
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        series_number=int(ds.get("SeriesNumber", 0) or 0),
+        series_description=str(ds.get("SeriesDescription", "") or ""),
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        manufacturer=str(ds.get("Manufacturer", "") or ""),
+        transfer_syntax=ts,
+        file_size=size,
+        accession=str(ds.get("AccessionNumber", "") or ""),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        study_date=str(ds.get("StudyDate", "") or ""),
+    )
+    if not common["study_uid"] or not common["series_uid"]:
+        return Skipped(path, "missing StudyInstanceUID or SeriesInstanceUID")
+    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        if n_frames > 1:
+            return Skipped(path, "unsupported: multi-frame file without functional groups")
+        iop = _floats(ds.get("ImageOrientationPatient"), 6)
+        ipp = _floats(ds.get("ImagePositionPatient"), 3)
+        ps = _floats(ds.get("PixelSpacing"), 2)
+        if iop is None or ipp is None or ps is None:
+            return Skipped(path, "no patient geometry (ImagePosition/Orientation/PixelSpacing)")
+        b, src = b_value(ds)
+        temporal = ds.get("TemporalPositionIdentifier")
+        return [
+            FrameHeader(
+                frame=None,
+                image_type=image_type,
+                iop=iop,
+                ipp=ipp,
+                pixel_spacing=ps,
+                b_value=b,
+                b_source=src,  # type: ignore[arg-type]
+                temporal=int(temporal) if temporal not in (None, "") else None,
+                **common,
+            )
+        ]  # type: ignore[arg-type]
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    frames = []
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != n_frames:
+        return Skipped(path, f"{len(per_frame)} per-frame groups for {n_frames} frames")
+    for i, item in enumerate(per_frame):
+
+        def find(seq: str, item: Dataset = item) -> Dataset | None:
+            return _first(item, seq) or _first(shared, seq)
+
+        orient, pos, meas = (
+            find("PlaneOrientationSequence"),
+            find("PlanePositionSequence"),
+            find("PixelMeasuresSequence"),
+        )
+        iop = _floats(orient.get("ImageOrientationPatient") if orient else None, 6)
+        ipp = _floats(pos.get("ImagePositionPatient") if pos else None, 3)
+        ps = _floats(meas.get("PixelSpacing") if meas else None, 2)
+        if iop is None or ipp is None or ps is None:
+            return Skipped(path, "enhanced file without per-frame geometry (functional groups)")
+        ftype = find("MRImageFrameTypeSequence")
+        itype = tuple(
+            str(v).upper()
+            for v in (ftype.FrameType if ftype and "FrameType" in ftype else image_type)
+        )
+        b, src = b_value(ds, item)
+        content = _first(item, "FrameContentSequence")
+        temporal = content.get("TemporalPositionIndex") if content else None
+        frames.append(
+            FrameHeader(
+                frame=i,
+                image_type=itype,
+                iop=iop,
+                ipp=ipp,  # type: ignore[arg-type]
+                pixel_spacing=ps,
+                b_value=b,
+                b_source=src,  # type: ignore[arg-type]
+                temporal=int(temporal) if temporal else None,
+                **common,
+            )
+        )  # type: ignore[arg-type]
+    return frames
+
+
+def iter_files(root: Path) -> list[str]:
+    """All regular files under ``root`` (recursive), sorted for determinism; hidden ones skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+    return out

@@ -1,0 +1,84 @@
+"""Scan and ingest with progress bars and a printed summary: the flow behind
+``site-agent ingest``, ``site-agent train`` and ``coordinator ingest --dicom-dir``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.cli_support import err, progress_bar
+from shared.errors import InputError, NothingProducedError
+
+
+def scan_with_progress(
+    dicom_dir: Path, mapping: Path | None, workers: int, quiet: bool
+):  # -> ScanResult
+    from shared.dicom.headers import iter_files
+    from shared.dicom.scan import load_mapping, scan
+
+    if not dicom_dir.is_dir():
+        raise InputError(f"DICOM folder not found: {dicom_dir}")
+    total = len(iter_files(dicom_dir))
+    with progress_bar("scanning headers", total, enabled=not quiet) as advance:
+        state = {"n": 0}
+
+        def cb(n: int, _total: int) -> None:
+            advance(n - state["n"])
+            state["n"] = n
+
+        return scan(dicom_dir, workers=workers, mapping=load_mapping(mapping), progress=cb)
+
+
+def run_dicom_ingest(
+    dicom_dir: Path,
+    labels: Path | None,
+    workspace: Path,
+    profile: str,
+    masks: Path | None,
+    mapping: Path | None,
+    workers: int,
+    quiet: bool,
+    store: str,
+):  # -> IngestReport
+    """Shared by ``site-agent ingest``, ``site-agent train`` and ``coordinator ingest``."""
+    from shared.ingest.dicom_ingest import ingest_scan
+    from shared.ingest.labels import read_labels
+    from shared.profiles import get_profile
+
+    prof = get_profile(profile)
+    sheet = read_labels(labels) if labels is not None else None
+    if masks is not None and not masks.is_dir():
+        raise InputError(f"masks folder not found: {masks}")
+    result = scan_with_progress(dicom_dir, mapping, workers, quiet)
+    n_complete = sum(s.complete for s in result.studies)
+    with progress_bar("ingesting studies", n_complete, enabled=not quiet) as advance:
+        state = {"n": 0}
+
+        def cb(n: int, _t: int) -> None:
+            advance(n - state["n"])
+            state["n"] = n
+
+        report = ingest_scan(
+            result, workspace, prof, sheet, masks, workers=workers, progress=cb, store=store
+        )
+    if not quiet:
+        err.print(
+            f"[green]{len(report.ingested)} case(s) ingested[/], "
+            f"{len(report.unchanged)} unchanged, {len(report.failed)} failed, "
+            f"{len(report.unlabeled)} without label, {report.skipped_files} file(s) "
+            f"skipped; cases in {workspace / 'cases' / store}"
+        )
+        for f in report.failed:
+            err.print(f"  [yellow]skipped[/] {f['case']}: {f['reason']}", highlight=False)
+        if report.unmatched_label_rows:
+            err.print(
+                f"  [yellow]{len(report.unmatched_label_rows)} label row(s) matched no "
+                f"study[/] (rows {report.unmatched_label_rows[:10]})"
+            )
+        for p in report.label_problems:
+            err.print(f"  [yellow]labels:[/] {p}", highlight=False)
+    if not report.ingested and not report.unchanged:
+        raise NothingProducedError(
+            f"no study in {dicom_dir} could be ingested",
+            hint="run `site-agent scan --dicom-dir DIR -v` to see what was found",
+        )
+    return report

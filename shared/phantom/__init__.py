@@ -1,0 +1,1 @@
+"""Synthetic phantom data: DICOM series and pixel encoders for tests and demos."""

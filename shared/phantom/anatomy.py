@@ -1,0 +1,370 @@
+"""A continuous pelvis phantom in patient space (LPS, mm), sampled by any acquisition grid.
+
+Every structure is defined analytically in millimetres, so each series samples the *same*
+object through its own geometry: the truth for co-registration is exact, and angulated or
+coarser series see what a scanner would. Tissues carry T2 and T1 weights, proton density (S0)
+and an apparent diffusion coefficient in µm²/s (= 10⁻⁶ mm²/s); values follow the literature
+ranges for 3 T prostate MRI (normal PZ ADC 1500-1800, csPCa 700-1000, TZ ~1200, urine ~3000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Per tissue: T2 weight, T1 weight, proton density S0, ADC (µm²/s).
+TISSUES: dict[str, tuple[float, float, float, float]] = {
+    "air": (0.0, 0.0, 0.0, 0.0),
+    "fat": (0.75, 0.95, 0.08, 300.0),
+    "muscle": (0.22, 0.35, 0.30, 1400.0),
+    "marrow": (0.55, 0.80, 0.06, 400.0),
+    "cortex": (0.03, 0.03, 0.02, 200.0),
+    "urine": (1.00, 0.10, 1.00, 3000.0),
+    "rectal_wall": (0.35, 0.40, 0.50, 1200.0),
+    "rectal_air": (0.02, 0.02, 0.02, 0.0),
+    "pz": (0.70, 0.35, 0.75, 1650.0),
+    "tz": (0.42, 0.35, 0.65, 1250.0),
+    "afms": (0.18, 0.35, 0.40, 1100.0),
+    "urethra": (0.60, 0.30, 0.70, 1800.0),
+    "sv": (0.90, 0.30, 0.90, 2000.0),
+    "bph_glandular": (0.66, 0.35, 0.70, 1450.0),
+    "bph_stromal": (0.26, 0.35, 0.60, 1050.0),
+    "prostatitis": (0.50, 0.35, 0.70, 1300.0),
+    "lesion": (0.25, 0.35, 0.75, 850.0),
+}
+PROPS = ("t2", "t1", "s0", "adc")
+
+
+@dataclass
+class Ellipsoid:
+    """Ellipsoid with centre (LPS mm), semi-axes (mm) and a rotation about the S axis (rad)."""
+
+    center: np.ndarray
+    radii: np.ndarray
+    yaw: float = 0.0
+    irregularity: float = 0.0  # amplitude of a smooth angular perturbation of the radius
+    phase: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def radius_norm(self, p: np.ndarray) -> np.ndarray:
+        """Normalised radius: < 1 inside, 1 on the surface."""
+        d = p - self.center
+        c, s = np.cos(self.yaw), np.sin(self.yaw)
+        x = c * d[:, 0] + s * d[:, 1]
+        y = -s * d[:, 0] + c * d[:, 1]
+        q = np.stack([x, y, d[:, 2]], axis=1) / self.radii
+        r = np.sqrt(np.sum(q * q, axis=1))
+        if self.irregularity > 0:
+            u = q / np.maximum(r, 1e-6)[:, None]
+            wobble = (
+                np.sin(3 * u[:, 0] + self.phase[0])
+                + np.sin(2 * u[:, 1] + self.phase[1])
+                + np.sin(3 * u[:, 2] + self.phase[2])
+            )
+            r = r / (1.0 + self.irregularity * wobble / 3.0)
+        return r
+
+    def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
+        """Soft membership in [0, 1]; the edge is ``edge_mm`` wide (partial volume)."""
+        r = self.radius_norm(p)
+        scale = float(np.min(self.radii))
+        return np.clip(0.5 + (1.0 - r) * scale / max(edge_mm, 1e-3), 0.0, 1.0)
+
+
+@dataclass
+class Cylinder:
+    """Elliptic cylinder along S, from ``z0`` to ``z1`` (mm)."""
+
+    center_xy: np.ndarray
+    radii_xy: np.ndarray
+    z0: float = -1e9
+    z1: float = 1e9
+
+    def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
+        q = (p[:, :2] - self.center_xy) / self.radii_xy
+        r = np.sqrt(np.sum(q * q, axis=1))
+        w = np.clip(0.5 + (1.0 - r) * float(np.min(self.radii_xy)) / max(edge_mm, 1e-3), 0, 1)
+        wz = np.clip(0.5 + np.minimum(p[:, 2] - self.z0, self.z1 - p[:, 2]) / edge_mm, 0, 1)
+        return w * wz
+
+
+@dataclass
+class SmoothField:
+    """A smooth random field (sum of random plane waves), identical for every series."""
+
+    k: np.ndarray  # (n, 3) wave vectors, rad/mm
+    phase: np.ndarray  # (n,)
+    amp: np.ndarray  # (n,)
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, n: int, wavelength_mm: tuple[float, float]):
+        direction = rng.normal(size=(n, 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        wl = rng.uniform(*wavelength_mm, size=n)
+        return cls(
+            direction * (2 * np.pi / wl)[:, None],
+            rng.uniform(0, 2 * np.pi, n),
+            rng.normal(size=n) / np.sqrt(n),
+        )
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        return np.cos(p @ self.k.T + self.phase) @ self.amp
+
+
+@dataclass
+class Lesion:
+    shape: Ellipsoid
+    zone: str  # "pz" or "tz"
+    strength: float  # 0..1, conspicuity
+    adc: float  # µm²/s at full strength
+    significant: bool
+
+
+@dataclass
+class Patient:
+    """One randomly drawn pelvis with its findings (all geometry in LPS mm)."""
+
+    prostate_center: np.ndarray
+    structures: list[tuple[str, object]]  # painter's order: (tissue, shape)
+    prostate: Ellipsoid
+    tz: Ellipsoid
+    lesions: list[Lesion]
+    mimics: list[tuple[str, object]]
+    texture: SmoothField
+    pz_adc: float
+    tz_adc: float
+    isup: int
+    pirads: int
+
+    @property
+    def cspca(self) -> int:
+        return int(self.isup >= 2)
+
+
+def draw_patient(rng: np.random.Generator, positive: bool) -> Patient:
+    """Draw a patient; ``positive`` decides whether a clinically significant cancer is present."""
+    c = np.array([rng.normal(0, 4), rng.normal(0, 4), rng.normal(0, 4)])
+    gland_scale = rng.uniform(0.85, 1.25)  # gland volume roughly 25-75 ml
+    bph = rng.uniform(0.0, 1.0)  # transition-zone enlargement
+    prostate = Ellipsoid(
+        c, np.array([22.0, 16.0, 19.0]) * gland_scale * (1 + 0.15 * bph), yaw=rng.normal(0, 0.08)
+    )
+    tz_r = prostate.radii * np.array([0.55, 0.55, 0.7]) * (1.0 + 0.45 * bph)
+    tz_r = np.minimum(tz_r, prostate.radii * 0.85)
+    tz = Ellipsoid(c + np.array([0.0, -0.18 * prostate.radii[1], 0.12 * prostate.radii[2]]), tz_r)
+    afms = Ellipsoid(
+        c + np.array([0, -0.85 * prostate.radii[1], 0.1 * prostate.radii[2]]),
+        np.array([0.6 * prostate.radii[0], 4.0, 0.7 * prostate.radii[2]]),
+    )
+    urethra = Cylinder(
+        c[:2] + np.array([0, -0.15 * prostate.radii[1]]),
+        np.array([2.5, 2.5]),
+        c[2] - prostate.radii[2],
+        c[2] + prostate.radii[2],
+    )
+    bladder_fill = rng.uniform(0.7, 1.3)
+    bladder = Ellipsoid(
+        c + np.array([0, -8.0, prostate.radii[2] + 22 * bladder_fill]),
+        np.array([38.0, 30.0, 26.0]) * bladder_fill,
+    )
+    rect_y = c[1] + prostate.radii[1] + 13.0
+    rectum = Cylinder(np.array([c[0], rect_y]), np.array([19.0, 13.0]))
+    rect_air = Cylinder(
+        np.array([c[0] + rng.normal(0, 2), rect_y + 1]),
+        np.array([9.0, 5.0]) * rng.uniform(0.3, 1.2),
+    )
+    sv = [
+        Ellipsoid(
+            c + np.array([s * 16.0, prostate.radii[1] * 0.7, prostate.radii[2] + 6]),
+            np.array([14.0, 5.0, 6.0]),
+            yaw=s * 0.5,
+        )
+        for s in (-1, 1)
+    ]
+    body = Cylinder(np.array([0.0, -15.0]), np.array([175.0, 125.0]))
+    muscles = [
+        Ellipsoid(
+            np.array([s * (prostate.radii[0] + 24), c[1] - 5, c[2]]),
+            np.array([11.0, 32.0, 60.0]),
+            yaw=s * 0.25,
+        )
+        for s in (-1, 1)
+    ]
+    levator = [
+        Ellipsoid(
+            np.array([s * (prostate.radii[0] + 8), c[1] + 10, c[2] - 15]),
+            np.array([5.0, 22.0, 30.0]),
+            yaw=-s * 0.5,
+        )
+        for s in (-1, 1)
+    ]
+    femur_c = [np.array([s * 92.0, c[1] - 5, c[2] + 25]) for s in (-1, 1)]
+    femurs_cortex = [Ellipsoid(fc, np.array([27.0, 27.0, 27.0])) for fc in femur_c]
+    femurs = [Ellipsoid(fc, np.array([24.0, 24.0, 24.0])) for fc in femur_c]
+    pubis = [
+        Ellipsoid(np.array([s * 14.0, c[1] - 45, c[2] + 10]), np.array([12.0, 9.0, 22.0]))
+        for s in (-1, 1)
+    ]
+
+    structures: list[tuple[str, object]] = [("fat", body)]
+    structures += [("muscle", m) for m in muscles + levator]
+    structures += [("cortex", f) for f in femurs_cortex] + [("marrow", f) for f in femurs]
+    structures += [("marrow", p) for p in pubis]
+    structures += [("urine", bladder), ("rectal_wall", rectum), ("rectal_air", rect_air)]
+    structures += [("sv", s) for s in sv]
+    structures += [("pz", prostate), ("tz", tz), ("afms", afms), ("urethra", urethra)]
+
+    # Benign mimics, independent of the label: BPH nodules in the TZ, prostatitis in the PZ.
+    mimics: list[tuple[str, object]] = []
+    for _ in range(rng.poisson(1.0 + 2.5 * bph)):
+        kind = "bph_stromal" if rng.random() < 0.5 else "bph_glandular"
+        mimics.append((kind, Ellipsoid(_point_in(rng, tz, 0.7), rng.uniform(3.5, 8.0, 3))))
+    if rng.random() < 0.3:
+        mimics.append(
+            (
+                "prostatitis",
+                Ellipsoid(
+                    _point_in_pz(rng, prostate, tz),
+                    rng.uniform([8, 5, 8], [16, 9, 14]),
+                    yaw=rng.uniform(0, np.pi),
+                ),
+            )
+        )
+
+    lesions: list[Lesion] = []
+    if positive:
+        isup = int(rng.choice([2, 3, 4, 5], p=[0.4, 0.3, 0.15, 0.15]))
+        n = 1 if rng.random() < 0.8 else 2
+        for _ in range(n):
+            lesions.append(_draw_lesion(rng, prostate, tz, significant=True, isup=isup))
+    else:
+        isup = 1 if rng.random() < 0.25 else 0
+        if isup == 1:  # ISUP 1: a small, faint, clinically insignificant focus
+            lesions.append(_draw_lesion(rng, prostate, tz, significant=False, isup=1))
+
+    pirads = _draw_pirads(rng, positive, lesions, mimics)
+    return Patient(
+        prostate_center=c,
+        structures=structures,
+        prostate=prostate,
+        tz=tz,
+        lesions=lesions,
+        mimics=mimics,
+        texture=SmoothField.random(rng, 24, (6.0, 20.0)),
+        pz_adc=float(rng.uniform(1500, 1800)),
+        tz_adc=float(rng.uniform(1150, 1350)),
+        isup=isup,
+        pirads=pirads,
+    )
+
+
+def _point_in(rng: np.random.Generator, e: Ellipsoid, frac: float) -> np.ndarray:
+    while True:
+        u = rng.uniform(-1, 1, 3)
+        if np.sum(u * u) <= 1:
+            return e.center + u * e.radii * frac
+
+
+def _point_in_pz(rng: np.random.Generator, prostate: Ellipsoid, tz: Ellipsoid) -> np.ndarray:
+    for _ in range(1000):
+        p = _point_in(rng, prostate, 0.85)
+        if tz.radius_norm(p[None])[0] > 1.15 and p[1] > prostate.center[1] - 4:
+            return p
+    return prostate.center + np.array([0.0, 0.7 * prostate.radii[1], 0.0])
+
+
+def _draw_lesion(
+    rng: np.random.Generator, prostate: Ellipsoid, tz: Ellipsoid, significant: bool, isup: int
+) -> Lesion:
+    zone = "pz" if rng.random() < 0.75 else "tz"
+    center = _point_in_pz(rng, prostate, tz) if zone == "pz" else _point_in(rng, tz, 0.6)
+    if significant:
+        size = rng.uniform(4.0, 9.0) * (1 + 0.08 * (isup - 2))
+        strength = float(np.clip(rng.uniform(0.4, 1.0) + 0.05 * (isup - 2), 0.4, 1.0))
+        adc = float(rng.uniform(950, 1050) - 60 * (isup - 2))  # 700-1000 at ISUP 2-5
+    else:
+        size = rng.uniform(2.5, 4.5)
+        strength = float(rng.uniform(0.15, 0.35))
+        adc = float(rng.uniform(1050, 1250))
+    shape = Ellipsoid(
+        center,
+        size * rng.uniform(0.75, 1.25, 3),
+        yaw=rng.uniform(0, np.pi),
+        irregularity=rng.uniform(0.05, 0.25),
+        phase=rng.uniform(0, 2 * np.pi, 3),
+    )
+    return Lesion(shape, zone, strength, adc, significant)
+
+
+def _draw_pirads(
+    rng: np.random.Generator,
+    positive: bool,
+    lesions: list[Lesion],
+    mimics: list[tuple[str, object]],
+) -> int:
+    """A reader's PI-RADS: usually right, sometimes fooled by mimics or subtle cancers."""
+    if positive:
+        s = max(les.strength for les in lesions)
+        base = 5 if s > 0.75 else 4 if s > 0.5 else 3
+        return int(np.clip(base + rng.choice([-1, 0, 0, 0, 1]), 2, 5))
+    suspicious = any(k in ("bph_stromal", "prostatitis") for k, _ in mimics) or bool(lesions)
+    if suspicious:
+        return int(rng.choice([2, 3, 4], p=[0.45, 0.4, 0.15]))
+    return int(rng.choice([1, 2, 3], p=[0.3, 0.6, 0.1]))
+
+
+def evaluate(patient: Patient, points: np.ndarray, edge_mm: float) -> dict[str, np.ndarray]:
+    """Tissue properties (``PROPS``) and truth masks at ``points`` (N x 3, LPS mm).
+
+    Returns arrays of length N: ``t2``, ``t1``, ``s0``, ``adc`` (µm²/s) and the soft masks
+    ``prostate`` and ``lesion`` (significant lesions only).
+    """
+    n = points.shape[0]
+    props = {k: np.zeros(n, dtype=np.float32) for k in PROPS}
+
+    def paint(tissue: str, w: np.ndarray, override: dict[str, float] | None = None) -> None:
+        vals = dict(zip(PROPS, TISSUES[tissue], strict=True))
+        if override:
+            vals.update(override)
+        for k in PROPS:
+            props[k] += w * (vals[k] - props[k])
+
+    for tissue, shape in patient.structures:
+        w = shape.weight(points, edge_mm)  # type: ignore[attr-defined]
+        if not np.any(w):
+            continue
+        override = {"adc": patient.pz_adc} if tissue == "pz" else None
+        if tissue == "tz":
+            override = {"adc": patient.tz_adc}
+        paint(tissue, w, override)
+
+    prostate_w = patient.prostate.weight(points, edge_mm)
+    inside = prostate_w > 0
+    if np.any(inside):  # glandular heterogeneity ("organised chaos" of the TZ)
+        tex = patient.texture(points[inside]).astype(np.float32)
+        props["t2"][inside] *= 1.0 + 0.12 * tex * prostate_w[inside]
+        props["adc"][inside] *= 1.0 + 0.05 * tex * prostate_w[inside]
+
+    for tissue, shape in patient.mimics:
+        w = shape.weight(points, edge_mm) * prostate_w  # type: ignore[attr-defined]
+        if np.any(w):
+            paint(tissue, w * (0.6 if tissue == "prostatitis" else 1.0))
+
+    lesion_mask = np.zeros(n, dtype=np.float32)
+    for les in patient.lesions:
+        w = les.shape.weight(points, edge_mm) * prostate_w
+        if not np.any(w):
+            continue
+        t2, t1, s0, _ = TISSUES["lesion"]
+        vals = {"t2": t2, "t1": t1, "s0": s0, "adc": les.adc}
+        # Conspicuity (strength) modulates T2 darkening and signal; the ADC of the tumour
+        # itself stays restricted (700-1000 µm²/s for csPCa), as in real lesions.
+        ws = w * les.strength
+        for k in PROPS:
+            wk = w if k == "adc" else ws
+            props[k] += wk * (vals[k] - props[k])
+        if les.significant:
+            lesion_mask = np.maximum(lesion_mask, w)
+    props["prostate"] = prostate_w.astype(np.float32)
+    props["lesion"] = lesion_mask
+    return props

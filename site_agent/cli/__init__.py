@@ -1,0 +1,1 @@
+"""The site-agent command line (one module per command group)."""

@@ -1,0 +1,123 @@
+"""Scanning: classification on every vendor style, bad files, and pydicom's real MR files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from shared.dicom.scan import load_mapping, scan
+from shared.errors import InputError
+from shared.phantom.institutions import get_institution
+
+
+@pytest.mark.parametrize("institution", ["aurora", "borealis", "cascade", "external"])
+def test_phantom_studies_are_found_and_choices_are_right(phantom_sites, institution):
+    site = phantom_sites[institution]
+    inst = get_institution(institution)
+    result = scan(site.dicom, workers=1)
+    assert result.skipped == []
+    assert len(result.studies) == len(site.truths)
+    highest = max((*inst.b_values, inst.calculated_b or 0))
+    for study in result.studies:
+        assert study.complete, study.problems
+        assert study.chosen["hbv"].b_value == highest
+        assert study.chosen["t2w"].orientation == "axial"
+        reasons = {v.reason.split(" (")[0] for v in study.volumes if v.kind == "other"}
+        assert "localizer" in reasons
+        assert any(r.startswith("dynamic series") for r in reasons)
+        assert any("sagittal T2" in r for r in reasons)
+        # b-values of every DWI volume come from the vendor's own convention
+        dwi = {v.b_value for v in study.volumes if v.kind == "dwi"}
+        assert set(inst.b_values) <= dwi
+
+
+def test_parallel_scan_equals_serial(phantom_sites):
+    root = phantom_sites["aurora"].dicom
+    a = scan(root, workers=1).to_json()
+    b = scan(root, workers=2).to_json()
+    assert a == b
+
+
+def _write(path: Path, ds: Dataset, **meta: str) -> None:
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = meta.get("sop_class", "1.2.840.10008.5.1.4.1.1.4")
+    fm.MediaStorageSOPInstanceUID = generate_uid()
+    fm.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = fm
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_bad_files_are_skipped_with_reasons(phantom_sites, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(phantom_sites["external"].dicom, root)
+    real = sorted(root.rglob("*.dcm"))
+    (root / "notes.txt").write_text("not a dicom file")
+    data = real[0].read_bytes()
+    (root / "truncated.dcm").write_bytes(data[: len(data) - 500])
+    ds = Dataset()
+    ds.Modality = "MR"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 4
+    _write(root / "nopixels.dcm", ds)
+    ct = Dataset()
+    ct.Modality = "CT"
+    ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    _write(root / "ct.dcm", ct, sop_class="1.2.840.10008.5.1.4.1.1.2")
+    dd = Dataset()
+    dd.DirectoryRecordSequence = []
+    _write(root / "DICOMDIR", dd, sop_class="1.2.840.10008.1.3.10")
+    result = scan(root, workers=1)
+    reasons = {Path(s.path).name: s.reason for s in result.skipped}
+    assert reasons["notes.txt"] == "not DICOM"
+    assert reasons["truncated.dcm"].startswith("truncated file")
+    assert reasons["nopixels.dcm"] == "no pixel data"
+    assert reasons["ct.dcm"] == "not MR (modality CT)"
+    assert reasons["DICOMDIR"].startswith("DICOMDIR")
+    # The truncated copy duplicates a real SOP instance, the rest of the study is intact.
+    assert all(s.complete for s in result.studies)
+
+
+def test_pydicom_real_mr_files_scan_without_crash():
+    root = Path(pydicom.__file__).parent / "data" / "test_files"
+    result = scan(root, workers=1)
+    assert result.n_files > 50
+    assert len(result.skipped) > 10  # CT, US, RT, broken files: each with a reason
+    assert all(s.reason for s in result.skipped)
+    # dicomdirtests/98892003/MR2 is a Philips tri-planar localizer set
+    kinds = [(v.description, v.kind, v.reason) for s in result.studies for v in s.volumes]
+    assert kinds, "pydicom ships MR files: some must become volumes"
+    assert all(k in ("t2w", "dwi", "adc", "other") for _, k, _ in kinds)
+    assert not any(s.complete for s in result.studies), "no pydicom sample is a bpMRI study"
+    reasons = {r for _, _, r in kinds}
+    assert any("localizer" in r for r in reasons)
+
+
+def test_mapping_file_overrides_and_is_validated(phantom_sites, tmp_path):
+    root = phantom_sites["aurora"].dicom
+    auto = scan(root, workers=1)
+    assert all(s.chosen["hbv"].computed for s in auto.studies)  # calculated b=1600 wins
+    m = tmp_path / "map.json"
+    m.write_text('{"hbv": "_b50_400_800_1400$"}')  # force the acquired multi-b series
+    forced = scan(root, workers=1, mapping=load_mapping(m))
+    for s in forced.studies:
+        assert s.chosen["hbv"].b_value == 1400 and not s.chosen["hbv"].computed
+    m.write_text('{"adc": "^no such series$"}')
+    none = scan(root, workers=1, mapping=load_mapping(m))
+    assert all("matched no series" in " ".join(s.problems) for s in none.studies)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"flair": "x"}')
+    with pytest.raises(InputError, match="keys t2w, hbv, adc"):
+        load_mapping(bad)
+
+
+def test_missing_folder_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="DICOM folder not found"):
+        scan(tmp_path / "nope")
