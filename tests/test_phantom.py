@@ -56,3 +56,22 @@ def test_lesion_and_gland_adc_are_in_clinical_ranges(phantom_sites):
     assert 650 < np.median(lesion_adc) < 1100, lesion_adc
     assert 1150 < np.median(gland_adc) < 1800, gland_adc  # PZ ~1500-1800 mixed with TZ ~1250
     assert max(lesion_adc) < min(gland_adc)
+
+
+def test_classic_phantom_files_pass_dciodvfy(phantom_sites):
+    """The phantom's single-frame MR files validate (no errors) with Clunie's dciodvfy, so the
+    ingest is exercised on conformant exports, as from a scanner."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dciodvfy = Path(sys.executable).parent / "dciodvfy"  # console script of the pip package
+    files = []
+    for name in ("borealis", "cascade", "external"):  # JPEG-Lossless, JPEG 2000, explicit
+        for series in sorted((phantom_sites[name].dicom).glob("*/*/*")):
+            files.append(sorted(series.glob("*.dcm"))[0])
+    assert len(files) >= 15
+    for f in files:
+        proc = subprocess.run([str(dciodvfy), str(f)], capture_output=True, text=True)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+        assert errors == [], (f, errors)

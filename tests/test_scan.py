@@ -121,3 +121,18 @@ def test_mapping_file_overrides_and_is_validated(phantom_sites, tmp_path):
 def test_missing_folder_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="DICOM folder not found"):
         scan(tmp_path / "nope")
+
+
+def test_missing_slice_is_found_by_the_scan(phantom_sites, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(phantom_sites["external"].dicom, root)
+    study = scan(root, workers=1).studies[0]
+    t2 = sorted(study.chosen["t2w"].frames, key=lambda f: f.ipp[2])
+    Path(t2[len(t2) // 2].path).unlink()
+    result = scan(root, workers=1)
+    study = result.studies[0]
+    assert not study.complete
+    assert study.problems == [
+        "unusable t2w: 1 missing slice(s) (gap of 7.20 mm at 3.60 mm spacing)"
+    ]
+    assert len([s for s in result.skipped if "missing slice" in s.reason]) == len(t2) - 1

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.dicom.geometry import frame_geometry
 from shared.dicom.headers import FrameHeader, Skipped, iter_files, read_headers
-from shared.errors import InputError
+from shared.errors import DicomError, InputError
 
 HIGH_B_MIN = 1000.0  # hbv must be at least this (s/mm²); PI-CAI's hbv is usually ≥ 1400
 
@@ -219,7 +220,7 @@ def choose(
             pools["t2w"], key=lambda v: (v.n_frames, -v.inplane_mm, v.series_number)
         )
     else:
-        problems.append("no axial T2 series found")
+        problems.append(_unusable(volumes, "t2w") or "no axial T2 series found")
     if pools["hbv"]:
         best = max(pools["hbv"], key=lambda v: (v.b_value or 0, not v.computed, v.n_frames))
         if (best.b_value or 0) >= HIGH_B_MIN:
@@ -227,7 +228,7 @@ def choose(
         else:
             problems.append(f"highest b-value is {best.b_value:g} s/mm² (< {HIGH_B_MIN:g})")
     else:
-        problems.append("no diffusion series with a b-value found")
+        problems.append(_unusable(volumes, "dwi") or "no diffusion series with a b-value found")
     if pools["adc"]:
         hbv = chosen.get("hbv")
 
@@ -241,8 +242,29 @@ def choose(
 
         chosen["adc"] = max(pools["adc"], key=adc_rank)
     else:
-        problems.append("no ADC series found")
+        problems.append(_unusable(volumes, "adc") or "no ADC series found")
     return chosen, problems
+
+
+def _unusable(volumes: list[VolumeInfo], kind: str) -> str | None:
+    reasons = [v.reason for v in volumes if v.reason.startswith(f"unusable {kind}:")]
+    return "; ".join(reasons) if reasons else None
+
+
+def check_geometry(volumes: list[VolumeInfo]) -> list[Skipped]:
+    """Check the slice stack of every candidate volume from its headers; a volume with missing
+    or duplicate slices is demoted to "other" and its files are reported as skipped."""
+    skipped: list[Skipped] = []
+    for v in volumes:
+        if v.kind == "other":
+            continue
+        try:
+            frame_geometry(list(v.frames))
+        except DicomError as exc:
+            v.kind, v.reason = "other", f"unusable {v.kind}: {exc.message}"
+            for path in sorted({f.path for f in v.frames}):
+                skipped.append(Skipped(path, f"series {v.description!r}: {exc.message}"))
+    return skipped
 
 
 def load_mapping(path: Path | None) -> dict[str, str] | None:
@@ -309,6 +331,7 @@ def scan(
     studies = []
     for study_uid, vols in sorted(group_volumes(unique).items()):
         vols.sort(key=lambda v: (v.series_number, v.key))
+        skipped.extend(check_geometry(vols))
         chosen, problems = choose(vols, mapping)
         f0 = vols[0].frames[0]
         studies.append(

@@ -80,32 +80,25 @@ def sample(patient: Patient, grid: SeriesGrid, through_plane: int = 3) -> dict[s
     """Evaluate tissue properties on ``grid``, averaging ``through_plane`` sub-slices (partial
     volume across thick slices)."""
     ni, nj, nk = grid.shape
-    ii, jj = np.meshgrid(np.arange(ni), np.arange(nj), indexing="ij")
     acc: dict[str, np.ndarray] = {}
     offsets = (np.arange(through_plane) + 0.5) / through_plane - 0.5
     edge = float(min(grid.spacing[0], grid.spacing[1]))
+    step = grid.slice_thickness / grid.spacing[2]
     for off in offsets:
-        kk = np.arange(nk, dtype=np.float64)
-        idx = np.stack(
-            [
-                np.broadcast_to(ii[..., None], (ni, nj, nk)).ravel(),
-                np.broadcast_to(jj[..., None], (ni, nj, nk)).ravel(),
-                np.broadcast_to(kk[None, None, :], (ni, nj, nk)).ravel(),
-            ],
-            axis=1,
-        ).astype(np.float64)
-        idx[:, 2] += off * grid.slice_thickness / grid.spacing[2]
-        pts = idx @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-        props = evaluate(patient, pts, edge)
+        props = evaluate(patient, grid_points(grid, k_offset=float(off * step)), edge)
         for k, v in props.items():
-            acc[k] = acc.get(k, 0) + v.reshape(ni, nj, nk) / through_plane
+            acc[k] = acc.get(k, 0) + v.reshape(ni, nj, nk).astype(np.float32) / through_plane
     return acc
 
 
-def grid_points(grid: SeriesGrid) -> np.ndarray:
+def grid_points(grid: SeriesGrid, k_offset: float = 0.0) -> np.ndarray:
+    """LPS positions (N x 3, mm) of every voxel centre, in (i, j, k) C order; ``k_offset``
+    shifts them along the slice axis (in voxels)."""
     ni, nj, nk = grid.shape
-    idx = np.stack(np.meshgrid(np.arange(ni), np.arange(nj), np.arange(nk), indexing="ij"), -1)
-    return idx.reshape(-1, 3).astype(np.float64) @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+    a = grid.affine
+    plane = np.arange(ni)[:, None, None] * a[:3, 0] + np.arange(nj)[None, :, None] * a[:3, 1]
+    depth = (np.arange(nk) + k_offset)[:, None] * a[:3, 2] + a[:3, 3]
+    return (plane[:, :, None, :] + depth[None, None, :, :]).reshape(-1, 3)
 
 
 def bias_field(field: SmoothField, grid: SeriesGrid, amplitude: float) -> np.ndarray:

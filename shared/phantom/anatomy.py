@@ -66,9 +66,16 @@ class Ellipsoid:
 
     def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
         """Soft membership in [0, 1]; the edge is ``edge_mm`` wide (partial volume)."""
-        r = self.radius_norm(p)
-        scale = float(np.min(self.radii))
-        return np.clip(0.5 + (1.0 - r) * scale / max(edge_mm, 1e-3), 0.0, 1.0)
+        # Only points inside the bounding sphere can have weight: evaluate those alone.
+        reach = float(np.max(self.radii)) * (1.0 + self.irregularity) + edge_mm
+        d = p - self.center
+        near = np.einsum("ij,ij->i", d, d) < reach * reach
+        out = np.zeros(p.shape[0], dtype=np.float64)
+        if np.any(near):
+            r = self.radius_norm(p[near])
+            scale = float(np.min(self.radii))
+            out[near] = np.clip(0.5 + (1.0 - r) * scale / max(edge_mm, 1e-3), 0.0, 1.0)
+        return out
 
 
 @dataclass
@@ -326,8 +333,10 @@ def evaluate(patient: Patient, points: np.ndarray, edge_mm: float) -> dict[str, 
         vals = dict(zip(PROPS, TISSUES[tissue], strict=True))
         if override:
             vals.update(override)
+        idx = np.flatnonzero(w)
+        wi = w[idx]
         for k in PROPS:
-            props[k] += w * (vals[k] - props[k])
+            props[k][idx] += wi * (vals[k] - props[k][idx])
 
     for tissue, shape in patient.structures:
         w = shape.weight(points, edge_mm)  # type: ignore[attr-defined]

@@ -109,6 +109,7 @@ def _common(ds: Dataset, study: StudyInfo, series: SeriesSpec, series_uid: str) 
     ds.SeriesDescription = series.description
     ds.ProtocolName = series.description
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
     ds.BodyPartExamined = "PROSTATE"
     ds.PatientPosition = "HFS"
     ds.SamplesPerPixel = 1
@@ -166,6 +167,7 @@ def write_series(
             ds.MRAcquisitionType = "2D"
             ds.EchoTime = _fmt(series.echo_time)
             ds.RepetitionTime = _fmt(series.repetition_time)
+            ds.EchoTrainLength = {"SE": 16, "EP": 64}.get(series.scanning_sequence, 1)
             pos = g.affine[:3, :3] @ np.array([0.0, 0.0, k]) + g.affine[:3, 3]
             ds.ImagePositionPatient = [_fmt(v) for v in pos]
             ds.ImageOrientationPatient = [_fmt(v) for v in (*g.row_dir, *g.col_dir)]
