@@ -16,7 +16,7 @@ from shared.atomic import atomic_write_json, clean_partials
 from shared.case_format import CaseMeta, Label, read_meta, write_case
 from shared.dicom.reader import load_volume
 from shared.dicom.scan import ScanResult, StudyInfo
-from shared.errors import DicomError
+from shared.errors import DicomError, InputError
 from shared.ids import case_id, load_or_create_salt
 from shared.ingest.build import build_case_volumes, mask_centroid
 from shared.ingest.labels import LabelSheet
@@ -158,7 +158,7 @@ def ingest_scan(
                 if read_meta(folder).provenance.get("input_fingerprint") == fp:
                     report.unchanged.append(cid)
                     continue
-            except Exception:  # an unreadable old case is simply rebuilt
+            except InputError:  # an unreadable old case is simply rebuilt
                 pass
         jobs.append(_Job(s, folder, cid, label, profile, fp, pm, lm))
     if labels is not None:

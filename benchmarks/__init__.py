@@ -1,0 +1,1 @@
+"""Benchmarks that compare this toolkit with peer tools on generated phantom data."""
