@@ -53,16 +53,41 @@ class PhantomSpec:
 
 @dataclass(frozen=True)
 class AutoencoderSpec:
+    """One single-channel 3D AutoencoderKL shared by t2w, hbv and adc (CCELLA++ style).
+
+    ``latent_channels`` is per sequence: the diffusion latent has 3 x latent_channels channels.
+    Each level after the first halves every axis, so the grid must divide by
+    2 ** (len(channels) - 1). Loss: L1 + mse_weight * MSE + kl_weight * KL
+    (+ adv_weight * patch-adversarial when > 0).
+    """
+
     channels: tuple[int, ...]
     latent_channels: int
     num_res_blocks: int
     steps: int
-    batch_size: int
+    batch_size: int  # cases per step (each contributes its three sequences)
     lr: float
+    norm_num_groups: int = 8
+    mse_weight: float = 5.0
+    kl_weight: float = 1e-6
+    adv_weight: float = 0.0  # patch-adversarial loss; 0 = off (no discriminator built)
+    checkpoint_every: int = 100
+    # Lesion-contrast gate before diffusion training: the run stops when a reconstruction keeps
+    # less than this fraction of the originals' lesion contrast in a gated sequence.
+    min_contrast_retention: float = 0.5
+    gated_sequences: tuple[str, ...] = ("t2w", "hbv", "adc")
 
 
 @dataclass(frozen=True)
 class DiffusionSpec:
+    """Latent diffusion UNet (MONAI's MAISI UNet: a class embedding with a null class for
+    classifier-free guidance, plus a voxel-spacing embedding).
+
+    ``objective`` is how the model is trained ("rflow": rectified flow, velocity target;
+    "ddpm": epsilon prediction, the paper's); ``sampler`` is the default sampler and must suit
+    it ("rflow" for rflow; "ddpm" or "ddim" for ddpm).
+    """
+
     channels: tuple[int, ...]
     attention_levels: tuple[bool, ...]
     num_head_channels: int
@@ -72,6 +97,17 @@ class DiffusionSpec:
     sampler: str
     sampling_steps: int
     guidance_scale: float
+    objective: str = "rflow"
+    num_res_blocks: int = 1
+    norm_num_groups: int = 16
+    label_dropout: float = 0.15  # probability of replacing the label by the null class
+    ema_decay: float = 0.999
+    loss: str = "mse"  # "mse" or "l1"
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    min_cases: int = 20  # labelled real cases needed before training starts
+    min_per_class: int = 5
+    sample_batch_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -115,9 +151,35 @@ PROFILES: dict[str, Profile] = {
             localizer_matrix=48,
             dynamic_phases=3,
         ),
-        autoencoder=AutoencoderSpec((8, 16), 8, 1, 30, 4, 2e-3),
+        # Tiny trains for seconds, so its autoencoder cannot keep lesion contrast: the gate is
+        # off here (0.0) and tested on its own.
+        autoencoder=AutoencoderSpec(
+            channels=(8, 16),
+            latent_channels=4,
+            num_res_blocks=1,
+            steps=20,
+            batch_size=2,
+            lr=2e-3,
+            norm_num_groups=4,
+            checkpoint_every=10,
+            min_contrast_retention=0.0,
+        ),
         diffusion=DiffusionSpec(
-            (16, 32, 32), (False, False, True), 8, 30, 8, 1e-3, "rflow", 5, 2.0
+            channels=(16, 32, 32),
+            attention_levels=(False, False, True),
+            num_head_channels=8,
+            train_steps=20,
+            batch_size=4,
+            lr=1e-3,
+            sampler="rflow",
+            sampling_steps=3,
+            guidance_scale=2.0,
+            norm_num_groups=8,
+            ema_decay=0.9,
+            checkpoint_every=10,
+            min_cases=6,
+            min_per_class=2,
+            sample_batch_size=4,
         ),
         classifier=ClassifierSpec("small-cnn", 8, 1e-3, 5e-4, 30, 20),
     ),
@@ -135,9 +197,37 @@ PROFILES: dict[str, Profile] = {
             localizer_matrix=64,
             dynamic_phases=4,
         ),
-        autoencoder=AutoencoderSpec((16, 32), 8, 1, 1000, 8, 1e-3),
+        # Probe (reference/cpu-feasibility.md): L1 + 5 MSE kept hbv/adc lesion contrast but
+        # lost most of t2w's, so the gate checks hbv and adc and reports t2w. Batch 3 cases
+        # (9 single-channel volumes): ~0.29 s/step on 2 cores, so 1000 steps take ~5 min.
+        autoencoder=AutoencoderSpec(
+            channels=(16, 32),
+            latent_channels=4,
+            num_res_blocks=1,
+            steps=1000,
+            batch_size=3,
+            lr=1e-3,
+            norm_num_groups=8,
+            checkpoint_every=100,
+            gated_sequences=("hbv", "adc"),
+        ),
+        # ~0.29 s/step at batch 16 on 2 cores (12 x 16 x 16 x 8 latents, 3.0 M parameters).
         diffusion=DiffusionSpec(
-            (32, 64, 64), (False, False, True), 16, 1400, 16, 5e-4, "rflow", 25, 2.0
+            channels=(32, 64, 64),
+            attention_levels=(False, False, True),
+            num_head_channels=16,
+            train_steps=1400,
+            batch_size=16,
+            lr=5e-4,
+            sampler="rflow",
+            sampling_steps=25,
+            guidance_scale=2.0,
+            norm_num_groups=16,
+            ema_decay=0.999,
+            checkpoint_every=100,
+            min_cases=20,
+            min_per_class=5,
+            sample_batch_size=8,
         ),
         classifier=ClassifierSpec("small-cnn", 16, 1e-3, 3e-4, 400, 300),
     ),
@@ -156,11 +246,40 @@ PROFILES: dict[str, Profile] = {
             dynamic_phases=8,
         ),
         # CCELLA++: single-channel autoencoder shared by the sequences, 4 latent channels each.
-        autoencoder=AutoencoderSpec((64, 128, 256), 4, 2, 100_000, 2, 1e-4),
+        autoencoder=AutoencoderSpec(
+            channels=(64, 128, 256),
+            latent_channels=4,
+            num_res_blocks=2,
+            steps=100_000,
+            batch_size=2,
+            lr=1e-4,
+            norm_num_groups=32,
+            mse_weight=1.0,
+            kl_weight=1e-6,
+            checkpoint_every=1000,
+        ),
         # CCELLA++ UNet: (64,128,256,512), attention at the two deepest levels, 32 head
         # channels, AdamW 1e-4, batch 8 per GPU, 800 epochs, 1000-step DDPM at sampling.
         diffusion=DiffusionSpec(
-            (64, 128, 256, 512), (False, False, True, True), 32, 800, 8, 1e-4, "ddpm", 1000, 1.0
+            channels=(64, 128, 256, 512),
+            attention_levels=(False, False, True, True),
+            num_head_channels=32,
+            train_steps=800,
+            batch_size=8,
+            lr=1e-4,
+            sampler="ddpm",
+            sampling_steps=1000,
+            guidance_scale=1.0,
+            objective="ddpm",
+            num_res_blocks=2,
+            norm_num_groups=32,
+            label_dropout=0.1,
+            ema_decay=0.9999,
+            loss="l1",
+            checkpoint_every=1000,
+            min_cases=50,
+            min_per_class=10,
+            sample_batch_size=2,
         ),
         # EfficientNet-B0 (3D), batch 32, AdamW 1e-4 from scratch / 1e-5 fine-tuning,
         # 155 pretraining and 385 fine-tuning epochs (counted in epochs, not steps, here).

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from shared.cli_support import make_app
-from site_agent.cli import data_commands
+from shared.errors import EXIT_CODES_HELP
+from site_agent.cli import data_commands, generative_commands, pretrain_command
 
 app = make_app(
     "site-agent",
-    "Site agent for prostate bpMRI: scan and ingest DICOM on premises, make phantom data.\n\n"
-    "Nothing identifying leaves the site. Exit codes: 0 ok; 1 internal error (rerun with "
-    "--debug); 2 usage; 3 bad input; 4 verification failed; 5 privacy gate refused; "
-    "6 nothing usable produced.",
+    "Site agent for prostate bpMRI: scan and ingest DICOM on premises, train a latent diffusion "
+    "model and generate synthetic cases, pretrain the classifier, make phantom data.\n\n"
+    "Nothing identifying leaves the site. " + EXIT_CODES_HELP,
 )
 data_commands.register(app)
+generative_commands.register(app)
+app.command("pretrain")(pretrain_command.pretrain_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,189 @@
+"""``site-agent train`` and ``site-agent generate``: the on-premises generative model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.cli_support import err, handle_errors, out, print_json
+
+STAGE_NAMES = {
+    "autoencoder": "autoencoder",
+    "latents": "encoding latents",
+    "diffusion": "diffusion model",
+    "sampling": "sampling",
+}
+
+
+@contextmanager
+def stage_progress(enabled: bool) -> Iterator[object]:
+    """One rich bar per stage with loss, steps/s and ETA; yields the pipeline's callback."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    prog = Progress(
+        TextColumn("[bold]{task.description:18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.speed}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    tasks: dict[str, int] = {}
+
+    def cb(stage: str, step: int, total: int, loss: float | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = prog.add_task(STAGE_NAMES.get(stage, stage), total=total, loss="-")
+        fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+        prog.update(tasks[stage], completed=step, total=total, **fields)
+
+    with prog:
+        yield cb
+
+
+@handle_errors
+def train(
+    dicom_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--dicom-dir",
+            help="DICOM export to scan and ingest first (unchanged studies are "
+            "reused). Leave out to train on an already-ingested workspace.",
+        ),
+    ] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Label CSV (see ingest).")] = None,
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Site workspace.")] = Path(
+        "workspace"
+    ),
+    profile: Annotated[str, typer.Option("--profile", help="tiny, cpu or paper.")] = "tiny",
+    autoencoder_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--autoencoder-weights",
+            help="Optional local pretrained AutoencoderKL weights (nothing is ever downloaded).",
+        ),
+    ] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", help="See ingest --help.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Ingest (if --dicom-dir), then train the autoencoder and the label-conditioned latent
+    diffusion model on the site's real cases. Resumable: rerun the same command after an
+    interruption. Nothing leaves the site."""
+    from shared.ingest.run import run_dicom_ingest
+    from shared.profiles import get_profile
+    from site_agent.generative.pipeline import model_dir, train_generative
+
+    prof = get_profile(profile)
+    if dicom_dir is not None:
+        import os
+
+        run_dicom_ingest(
+            dicom_dir,
+            labels,
+            workspace,
+            prof.name,
+            masks,
+            None,
+            os.cpu_count() or 1,
+            json_out,
+            store="real",
+        )
+    with stage_progress(not json_out) as cb:
+        summary = train_generative(
+            workspace,
+            prof,
+            seed=seed,
+            progress=cb,  # type: ignore[arg-type]
+            autoencoder_weights=autoencoder_weights,
+        )
+    if json_out:
+        print_json(summary)
+        return
+    cases = summary["cases"]
+    fid = summary.get("fidelity", {}).get("summary", "")
+    out.print(
+        f"trained on {cases['total']} cases ({cases['positive']} csPCa-positive, "
+        f"{cases['negative']} negative), profile {prof.name}"
+    )
+    if fid:
+        out.print(f"lesion-contrast retention of the autoencoder: {fid}", highlight=False)
+    out.print(
+        f"autoencoder: {model_dir(workspace, 'autoencoder')} ({summary['autoencoder']['status']})"
+    )
+    out.print(
+        f"diffusion model: {model_dir(workspace, 'diffusion')} ({summary['diffusion']['status']})"
+    )
+    out.print(f"report: {workspace / 'reports' / 'generative-training.json'}")
+
+
+@handle_errors
+def generate(
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of synthetic cases.")],
+    workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Site workspace.")] = Path(
+        "workspace"
+    ),
+    positive_fraction: Annotated[
+        float,
+        typer.Option(
+            "--positive-fraction", min=0.0, max=1.0, help="Fraction conditioned on csPCa."
+        ),
+    ] = 0.4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            "--sampler",
+            help="rflow (default for rflow models), ddim, or ddpm (1000-step "
+            "baseline for DDPM models).",
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Classifier-free guidance scale.")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the case folders as JSON.")
+    ] = False,
+) -> None:
+    """Write N synthetic cases (case format, origin synthetic, with their conditioning label)
+    to WORKSPACE/cases/synthetic. Rerunning with the same settings reuses finished batches."""
+    from site_agent.generative.pipeline import generate as run_generate
+    from site_agent.generative.pipeline import synthetic_store
+
+    with stage_progress(not json_out) as cb:
+        folders = run_generate(
+            workspace,
+            n,
+            positive_fraction,
+            seed=seed,
+            sampler=sampler,
+            guidance=guidance,
+            steps=steps,
+            progress=cb,
+        )  # type: ignore[arg-type]
+    if json_out:
+        print_json([str(f) for f in folders])
+    else:
+        out.print(f"{len(folders)} synthetic cases in {synthetic_store(workspace)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("generate")(generate)

@@ -1,0 +1,151 @@
+"""The resumable training loop shared by the autoencoder and the diffusion model: checkpoints
+every N steps and at the end, resume after a kill, a clear stop on a non-finite loss, EMA,
+gradient clipping and mixed precision on CUDA only."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from shared.errors import InputError
+from site_agent.generative.checkpoint import (
+    CHECKPOINT_FILE,
+    TrainState,
+    checkpoint_step,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+class Progress(Protocol):
+    """Called after every step: (stage, step, total, loss); loss is None for non-training
+    stages (encoding, sampling)."""
+
+    def __call__(self, stage: str, step: int, total: int, loss: float | None) -> None: ...
+
+
+class NonFiniteLossError(Exception):
+    """Raised by a step function before it updates any weight."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss is {value}")
+        self.value = value
+
+
+def ensure_finite(loss: torch.Tensor) -> None:
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(float(loss.detach().float().mean()))
+
+
+def cuda_amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None (full precision) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    dtype = cuda_amp_dtype(device)
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast("cuda", dtype=dtype):
+            yield
+
+
+def make_scaler(device: torch.device) -> Any:
+    """A GradScaler for CUDA fp16 only (bf16 and CPU need none)."""
+    if cuda_amp_dtype(device) == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def backward_step(
+    loss: torch.Tensor,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    grad_clip: float,
+) -> None:
+    """Backward, clip the gradient norm to ``grad_clip`` (0 = no clipping), optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+
+def init_ema(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+
+def update_ema(
+    ema: dict[str, torch.Tensor], module: torch.nn.Module, decay: float, step: int
+) -> None:
+    """EMA with the usual warm-up: decay_t = min(decay, (1 + step) / (10 + step))."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(d).add_(v.detach().float(), alpha=1.0 - d)
+            else:
+                ema[k].copy_(v)
+
+
+def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup: int) -> Any:
+    """Linear warm-up over ``warmup`` steps, then the constant base learning rate."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
+    )
+
+
+def run_training(
+    stage: str,
+    state: TrainState,
+    step_fn: Callable[[TrainState], float],
+    total_steps: int,
+    folder: Path,
+    config: dict[str, Any],
+    checkpoint_every: int,
+    progress: Progress | None = None,
+) -> TrainState:
+    """Run ``step_fn`` until ``total_steps``, resuming from ``folder/checkpoint.pt`` when it
+    holds a checkpoint of the same ``config``.
+
+    A checkpoint is written atomically every ``checkpoint_every`` steps and at the end. A
+    non-finite loss stops the run with an ``InputError``; the last good checkpoint stays.
+    """
+    path = folder / CHECKPOINT_FILE
+    load_checkpoint(path, state, config)
+    if progress and state.step:
+        progress(stage, state.step, total_steps, None)
+    while state.step < total_steps:
+        try:
+            loss = step_fn(state)
+        except NonFiniteLossError as exc:
+            kept = checkpoint_step(path)
+            where = f"the checkpoint of step {kept} is kept" if kept else "no checkpoint yet"
+            raise InputError(
+                f"{stage} training stopped at step {state.step + 1}: {exc} ({where})",
+                hint="lower the learning rate or check the input intensities; a rerun resumes "
+                "from the kept checkpoint",
+            ) from None
+        state.step += 1
+        if progress:
+            progress(stage, state.step, total_steps, loss)
+        if state.step % max(1, checkpoint_every) == 0 or state.step == total_steps:
+            save_checkpoint(path, state, config)
+    return state
