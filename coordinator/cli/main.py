@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
+from coordinator.cli import study_command
 from shared.cli_support import err, handle_errors, make_app, print_json, progress_bar
-from shared.errors import InputError, NothingProducedError
+from shared.errors import EXIT_CODES_HELP, InputError, NothingProducedError
 
 app = make_app(
     "coordinator",
     "Coordinator for prostate bpMRI studies: ingest the external institution's data (DICOM or "
-    "the PI-CAI layout). Exit codes: 0 ok; 1 internal error (rerun with --debug); 2 usage; "
-    "3 bad input; 4 verification failed; 5 privacy gate refused; 6 nothing usable produced.",
+    "the PI-CAI layout) and run the source-free adaptation study. " + EXIT_CODES_HELP,
 )
 
 
@@ -93,6 +93,9 @@ def ingest(
             f"{len(result['unchanged'])} unchanged, {len(result['failed'])} failed; "
             f"cases in {workspace / 'cases' / 'external'}"
         )
+
+
+app.command("study")(study_command.study)
 
 
 def main() -> None:

@@ -1,0 +1,53 @@
+"""``coordinator study --config study.toml``: the pretraining × fraction × seed grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.cli_support import err, handle_errors, out, print_json, progress_bar
+
+
+@handle_errors
+def study(
+    config: Annotated[Path, typer.Option("--config", help="Study config (TOML).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output folder (default: next to the config, named after it)."),
+    ] = None,
+    phantom: Annotated[
+        bool,
+        typer.Option(
+            "--phantom/--real-data",
+            help="Label the report as phantom data (machinery check, no clinical truth).",
+        ),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print output paths as JSON.")] = False,
+) -> None:
+    """Pretrain each condition, fine-tune on nested fractions of the external training split
+    with paired seeds, and write predictions, metrics, paired comparisons and a report.
+    A stopped study continues where it stopped."""
+    from coordinator.study.config import load_study_config
+    from coordinator.study.report import write_outputs
+    from coordinator.study.run import cells_of, run_study
+
+    cfg = load_study_config(config)
+    out_dir = output or config.with_suffix("")
+    n = len(cells_of(cfg))
+    with progress_bar("study cells", n, enabled=not json_out) as advance:
+        results = run_study(
+            cfg,
+            out_dir,
+            progress=lambda cell, i, total: advance(1),
+            log=lambda s: err.print(s) if not json_out else None,
+        )
+    paths = write_outputs(results, out_dir, phantom=phantom)
+    if json_out:
+        print_json({k: str(v) for k, v in paths.items()})
+    else:
+        out.print(
+            f"study complete: {len(results)} cells; report {paths['report']}, "
+            f"plot {paths['plot']}, tables in {out_dir}"
+        )

@@ -1,0 +1,1 @@
+"""The coordinator study: conditions, seeds, external evaluation and its statistics."""

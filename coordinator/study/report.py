@@ -1,0 +1,278 @@
+"""Aggregate cell results into tables, paired statistics, plots and a readable report.
+
+How seeds are combined: each seed is a paired replicate (same fraction subset, same test cases
+for every condition). Per seed we test the AUC difference with DeLong's test for paired ROC
+curves and the AP difference with a label-stratified paired bootstrap; across seeds we test the
+per-seed differences with a Wilcoxon signed-rank test (two-sided). p-values are Holm-corrected
+over the condition pairs at each fraction, separately for each metric and test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.study import stats
+from shared.atomic import atomic_write_bytes, atomic_write_text
+
+PHANTOM_NOTE = "Results on phantom data check the machinery, not clinical truth."
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def cell_metrics(r: dict[str, Any]) -> dict[str, Any]:
+    y = np.asarray(r["test_labels"])
+    s = np.asarray(r["test_scores"])
+    sens, spec = stats.sens_spec_at(y, s, r["threshold"])
+    return {
+        "condition": r["condition"],
+        "fraction": r["fraction"],
+        "seed": r["seed"],
+        "n_train": r["n_train"],
+        "auc": stats.auc(y, s),
+        "ap": stats.average_precision(y, s),
+        "sensitivity": sens,
+        "specificity": spec,
+        "threshold": r["threshold"],
+    }
+
+
+def summarise(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for m in metrics:
+        groups[(m["condition"], m["fraction"])].append(m)
+    rows = []
+    for (cond, frac), ms in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        row: dict[str, Any] = {
+            "condition": cond,
+            "fraction": frac,
+            "seeds": len(ms),
+            "n_train": ms[0]["n_train"],
+        }
+        for k in ("auc", "ap", "sensitivity", "specificity"):
+            mean, sd = stats.summarize([m[k] for m in ms])
+            row[f"{k}_mean"], row[f"{k}_sd"] = mean, sd
+        rows.append(row)
+    return rows
+
+
+def comparisons(results: list[dict[str, Any]], n_boot: int = 2000) -> list[dict[str, Any]]:
+    by = {(r["condition"], r["fraction"], r["seed"]): r for r in results}
+    conds = sorted({r["condition"] for r in results})
+    fracs = sorted({r["fraction"] for r in results})
+    rows: list[dict[str, Any]] = []
+    for f in fracs:
+        frac_rows = []
+        for a, b in itertools.combinations(conds, 2):
+            seeds = sorted(s for (c, ff, s) in by if c == a and ff == f and (b, f, s) in by)
+            if not seeds:
+                continue
+            d_auc, d_ap, p_delong, p_boot = [], [], [], []
+            for s in seeds:
+                ra, rb = by[(a, f, s)], by[(b, f, s)]
+                if ra["test_ids"] != rb["test_ids"]:
+                    raise ValueError(
+                        f"cells {a}/{b} at {f} seed {s} were scored on different test cases"
+                    )
+                y = np.asarray(ra["test_labels"])
+                sa, sb = np.asarray(ra["test_scores"]), np.asarray(rb["test_scores"])
+                dl = stats.delong_paired(y, sa, sb)
+                bs = stats.paired_bootstrap_ap(y, sa, sb, n_boot=n_boot, seed=s)
+                d_auc.append(dl.diff)
+                p_delong.append(dl.p_value)
+                d_ap.append(bs.diff)
+                p_boot.append(bs.p_value)
+            t_auc = stats.seed_level_test(np.asarray(d_auc))
+            t_ap = stats.seed_level_test(np.asarray(d_ap))
+            frac_rows.append(
+                {
+                    "fraction": f,
+                    "condition_a": a,
+                    "condition_b": b,
+                    "seeds": len(seeds),
+                    "auc_diff_mean": t_auc.mean_diff,
+                    "auc_diff_ci_low": t_auc.ci_low,
+                    "auc_diff_ci_high": t_auc.ci_high,
+                    "auc_seeds_a_better": t_auc.n_better,
+                    "auc_p_seed_level": t_auc.p_value,
+                    "auc_delong_p_per_seed": ";".join(f"{p:.4g}" for p in p_delong),
+                    "auc_delong_significant_seeds": int(sum(p < 0.05 for p in p_delong)),
+                    "ap_diff_mean": t_ap.mean_diff,
+                    "ap_diff_ci_low": t_ap.ci_low,
+                    "ap_diff_ci_high": t_ap.ci_high,
+                    "ap_seeds_a_better": t_ap.n_better,
+                    "ap_p_seed_level": t_ap.p_value,
+                    "ap_bootstrap_p_per_seed": ";".join(f"{p:.4g}" for p in p_boot),
+                }
+            )
+        for key in ("auc_p_seed_level", "ap_p_seed_level"):
+            adj = stats.holm([r[key] for r in frac_rows])
+            for r, p in zip(frac_rows, adj, strict=True):
+                r[key + "_holm"] = p
+        rows += frac_rows
+    return rows
+
+
+def _frac_label(f: float) -> str:
+    from fractions import Fraction
+
+    fr = Fraction(f).limit_denominator(64)
+    return "1" if fr == 1 else f"{fr.numerator}/{fr.denominator}"
+
+
+def plot(summary: list[dict[str, Any]], path: Path, title_note: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    conds = sorted({r["condition"] for r in summary})
+    for ax, metric in zip(axes, ("auc", "ap"), strict=True):
+        for c in conds:
+            rows = sorted((r for r in summary if r["condition"] == c), key=lambda r: r["fraction"])
+            x = np.array([r["fraction"] for r in rows])
+            m = np.array([r[f"{metric}_mean"] for r in rows])
+            sd = np.nan_to_num(np.array([r[f"{metric}_sd"] for r in rows]))
+            ax.plot(x, m, marker="o", label=c)
+            ax.fill_between(x, m - sd, m + sd, alpha=0.15)
+        ax.set_xscale("log", base=2)
+        xs = sorted({r["fraction"] for r in summary})
+        ax.set_xticks(xs, [_frac_label(v) for v in xs])
+        ax.set_xlabel("fraction of external training data")
+        ax.set_ylabel(metric.upper() + " (mean ± sd over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"External test set — {title_note}", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_outputs(results: list[dict[str, Any]], out: Path, phantom: bool) -> dict[str, Path]:
+    """predictions.csv, metrics.csv, comparisons.csv, report.md and study.png in ``out``."""
+    preds = [
+        {
+            "case": cid,
+            "label": lab,
+            "score": sc,
+            "condition": r["condition"],
+            "fraction": r["fraction"],
+            "seed": r["seed"],
+        }
+        for r in results
+        for cid, lab, sc in zip(r["test_ids"], r["test_labels"], r["test_scores"], strict=True)
+    ]
+    metrics = [cell_metrics(r) for r in results]
+    summary = summarise(metrics)
+    comps = comparisons(results)
+    paths = {
+        k: out / v
+        for k, v in {
+            "predictions": "predictions.csv",
+            "metrics": "metrics.csv",
+            "comparisons": "comparisons.csv",
+            "report": "report.md",
+            "plot": "study.png",
+        }.items()
+    }
+    atomic_write_text(paths["predictions"], _csv(preds, list(preds[0])))
+    cell_cols = list(metrics[0])
+    summary_cols = list(summary[0])
+    atomic_write_text(
+        paths["metrics"],
+        "# per cell\n"
+        + _csv(metrics, cell_cols)
+        + "# mean and sd over seeds\n"
+        + _csv(summary, summary_cols),
+    )
+    atomic_write_text(paths["comparisons"], _csv(comps, list(comps[0])) if comps else "")
+    note = PHANTOM_NOTE if phantom else "external institution data"
+    plot(summary, paths["plot"], "phantom data" if phantom else "external data")
+    atomic_write_text(paths["report"], render_report(summary, comps, note))
+    return paths
+
+
+def render_report(summary: list[dict[str, Any]], comps: list[dict[str, Any]], note: str) -> str:
+    fracs = sorted({r["fraction"] for r in summary})
+    conds = sorted({r["condition"] for r in summary})
+    cell = {(r["condition"], r["fraction"]): r for r in summary}
+    lines = [
+        "# Source-free adaptation study",
+        "",
+        f"_{note}_",
+        "",
+        "![AUC and AP against the fraction of external data](study.png)",
+        "",
+        "## AUC on the external test set (mean ± sd over seeds)",
+        "",
+        "| pretraining | "
+        + " | ".join(
+            f"{_frac_label(f)} (n={cell[(conds[0], f)]['n_train']})"
+            if (conds[0], f) in cell
+            else _frac_label(f)
+            for f in fracs
+        )
+        + " |",
+        "|---|" + "---|" * len(fracs),
+    ]
+    for metric in ("auc", "ap"):
+        if metric == "ap":
+            lines += [
+                "",
+                "## Average precision (mean ± sd over seeds)",
+                "",
+                "| pretraining | " + " | ".join(_frac_label(f) for f in fracs) + " |",
+                "|---|" + "---|" * len(fracs),
+            ]
+        for c in conds:
+            vals = []
+            for f in fracs:
+                r = cell.get((c, f))
+                vals.append(f"{r[f'{metric}_mean']:.3f} ± {r[f'{metric}_sd']:.3f}" if r else "–")
+            lines.append(f"| {c} | " + " | ".join(vals) + " |")
+    lines += [
+        "",
+        "## Paired comparisons",
+        "",
+        __doc__.split("How seeds are combined: ")[1].split("\n\n")[0].replace("\n", " "),
+        "",
+        "| fraction | A vs B | ΔAUC (95% CI) | seeds A better | p (seeds, Holm) | "
+        "ΔAP (95% CI) | p (seeds, Holm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    significant = []
+    for r in comps:
+        lines.append(
+            f"| {_frac_label(r['fraction'])} | {r['condition_a']} vs {r['condition_b']} | "
+            f"{r['auc_diff_mean']:+.3f} ({r['auc_diff_ci_low']:+.3f}, {r['auc_diff_ci_high']:+.3f})"
+            f" | {r['auc_seeds_a_better']}/{r['seeds']} | {r['auc_p_seed_level_holm']:.3g} | "
+            f"{r['ap_diff_mean']:+.3f} ({r['ap_diff_ci_low']:+.3f}, {r['ap_diff_ci_high']:+.3f})"
+            f" | {r['ap_p_seed_level_holm']:.3g} |"
+        )
+        if r["auc_p_seed_level_holm"] < 0.05:
+            better = r["condition_a"] if r["auc_diff_mean"] > 0 else r["condition_b"]
+            significant.append(
+                f"at {_frac_label(r['fraction'])}, {better} has the higher AUC "
+                f"({r['condition_a']} − {r['condition_b']} = "
+                f"{r['auc_diff_mean']:+.3f}, Holm p = "
+                f"{r['auc_p_seed_level_holm']:.3g})"
+            )
+    lines += ["", "## Significant differences (seed level, Holm-corrected, α = 0.05)", ""]
+    lines += [f"- {s}" for s in significant] or ["- none"]
+    return "\n".join(lines) + "\n"

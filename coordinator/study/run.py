@@ -1,0 +1,222 @@
+"""Run the study grid (conditions × fractions × seeds), resumable cell by cell.
+
+Source-free adaptation: each cell starts from its condition's pretrained weights (or random
+init for ``none``) and sees only the external institution's data — its fraction of the training
+split, the full validation split for model selection, and the fixed test split for scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coordinator.study.config import Condition, StudyConfig
+from coordinator.study.splits import Split, fraction_subsets, stratified_split
+from shared.atomic import atomic_write_json
+from shared.case_format import list_cases
+from shared.classifier.data import CaseTensors, load_case_tensors
+from shared.classifier.pretrain import pretrain, select_channels
+from shared.classifier.training import TrainConfig, load_model, predict, train_classifier
+from shared.errors import InputError
+from shared.weights import load_weights
+
+
+@dataclass(frozen=True)
+class Cell:
+    condition: str
+    fraction: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.condition}/f{self.fraction:.4f}/seed{self.seed:02d}"
+
+
+def cells_of(cfg: StudyConfig) -> list[Cell]:
+    """All cells, smallest fraction first, seeds in order, conditions side by side."""
+    return [
+        Cell(c.name, f, s)
+        for f in cfg.fractions
+        for s in range(cfg.seeds_for(f))
+        for c in cfg.conditions
+    ]
+
+
+def _load_external(cfg: StudyConfig, out: Path) -> tuple[CaseTensors, Split]:
+    folders = list_cases(cfg.external)
+    if not folders:
+        raise InputError(
+            f"no cases in the external case store {cfg.external}",
+            hint="run `coordinator ingest` first",
+        )
+    data = load_case_tensors(folders)
+    split = stratified_split(data.y.astype(int).tolist(), cfg.split, cfg.split_seed)
+    record = {k: [data.ids[i] for i in getattr(split, k)] for k in ("train", "val", "test")}
+    path = out / "split.json"
+    if path.exists():
+        if json.loads(path.read_text()) != record:
+            raise InputError(
+                f"the external cases changed since this study started ({path})",
+                hint="start the study in a new output folder",
+            )
+    else:
+        atomic_write_json(path, record)
+    return data, split
+
+
+def _train_cfg(
+    cfg: StudyConfig, n_channels: int, seed: int, finetune: bool, from_scratch: bool
+) -> TrainConfig:
+    t = cfg.finetune if finetune else cfg.pretrain
+    # Random init learns at the pretraining rate; pretrained weights are adapted gently.
+    lr = cfg.pretrain.lr if from_scratch else t.lr
+    return TrainConfig(
+        network=cfg.network,
+        in_channels=n_channels,
+        steps=t.steps,
+        batch_size=t.batch_size,
+        lr=lr,
+        eval_every=t.eval_every,
+        patience=t.patience,
+        seed=seed,
+    )
+
+
+def pretrained_state(
+    cfg: StudyConfig, cond: Condition, out: Path, grid: tuple[int, ...], log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The condition's starting weights (trained once and cached in ``out/pretrained``)."""
+    if cond.kind == "none":
+        return None
+    if cond.kind == "weights":
+        assert cond.weights is not None
+        state, meta = load_weights(cond.weights)
+        want = {"network": cfg.network, "in_channels": len(cond.sequences), "grid_size": list(grid)}
+        got = {k: meta.get(k) for k in want}
+        if got != want:
+            raise InputError(
+                f"weights of condition {cond.name} ({cond.weights}) do not fit "
+                f"this study: they are {got}, the study needs {want}"
+            )
+        return state
+    cache = out / "pretrained" / cond.name
+    if not (cache / "model.safetensors").is_file():
+        folders = [f for d in cond.cases for f in list_cases(d)]
+        if not folders:
+            raise InputError(f"condition {cond.name}: no cases in {[str(d) for d in cond.cases]}")
+        log(f"pretraining {cond.name} on {len(folders)} cases")
+        pretrain(
+            folders,
+            cond.sequences,
+            _train_cfg(cfg, len(cond.sequences), 0, False, True),
+            cache,
+            {"condition": cond.name},
+        )
+    return load_weights(cache)[0]
+
+
+def run_cell(
+    cfg: StudyConfig,
+    cell: Cell,
+    cond: Condition,
+    data: CaseTensors,
+    split: Split,
+    subset: tuple[int, ...],
+    init: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Fine-tune one cell and score the fixed test split."""
+    from coordinator.study.stats import threshold_for_sensitivity
+
+    t0 = time.time()
+    d = select_channels(data, cond.sequences)
+    train, val, test = d.subset(subset), d.subset(split.val), d.subset(split.test)
+    tc = _train_cfg(
+        cfg,
+        len(cond.sequences),
+        seed=1000 * cell.seed + 17,
+        finetune=True,
+        from_scratch=init is None,
+    )
+    res = train_classifier(train, val, tc, init_state=init)
+    model = load_model(tc, tuple(d.x.shape[2:]), res.state)  # type: ignore[arg-type]
+    val_scores = predict(model, val.x)
+    threshold = threshold_for_sensitivity(val.y, val_scores, cfg.operating_sensitivity)
+    scores = predict(model, test.x)
+    return {
+        "condition": cell.condition,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "n_train": len(train),
+        "n_train_positive": train.n_positive,
+        "best_step": res.best_step,
+        "steps_run": res.steps_run,
+        "val_ap": res.best_val_ap,
+        "val_auc": res.best_val_auc,
+        "threshold": threshold,
+        "test_ids": test.ids,
+        "test_labels": test.y.astype(int).tolist(),
+        "test_scores": [float(s) for s in scores],
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def run_study(
+    cfg: StudyConfig,
+    out: Path,
+    progress: Callable[[Cell, int, int], None] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+    max_cells: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or continue) every cell; returns all cell results. ``max_cells`` stops early
+    after that many new cells (for tests of resumption)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", _config_record(cfg))
+    data, split = _load_external(cfg, out)
+    grid = tuple(data.x.shape[2:])
+    conds = {c.name: c for c in cfg.conditions}
+    states = {c.name: pretrained_state(cfg, c, out, grid, log) for c in cfg.conditions}
+    cells = cells_of(cfg)
+    subsets: dict[int, dict[float, tuple[int, ...]]] = {}
+    results, new = [], 0
+    for n, cell in enumerate(cells, start=1):
+        path = out / "cells" / f"{cell.key}.json"
+        if path.is_file():
+            results.append(json.loads(path.read_text()))
+        else:
+            if max_cells is not None and new >= max_cells:
+                break
+            if cell.seed not in subsets:
+                subsets[cell.seed] = fraction_subsets(
+                    data.y.astype(int).tolist(), split.train, cfg.fractions, cell.seed
+                )
+            res = run_cell(
+                cfg,
+                cell,
+                conds[cell.condition],
+                data,
+                split,
+                subsets[cell.seed][cell.fraction],
+                states[cell.condition],
+            )
+            atomic_write_json(path, res)
+            results.append(res)
+            new += 1
+        if progress:
+            progress(cell, n, len(cells))
+    return results
+
+
+def _config_record(cfg: StudyConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg.__dict__, default=lambda o: getattr(o, "__dict__", str(o))))
+
+
+def scores_matrix(results: list[dict[str, Any]]) -> dict[tuple[str, float, int], np.ndarray]:
+    return {
+        (r["condition"], r["fraction"], r["seed"]): np.asarray(r["test_scores"]) for r in results
+    }

@@ -1,0 +1,197 @@
+"""The study grid: config checks, nested stratified fractions, resumable cells, outputs."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from coordinator.cli.main import app as coordinator_app
+from coordinator.study import run as study_run
+from coordinator.study.config import load_study_config
+from coordinator.study.splits import fraction_subsets, stratified_split
+from shared.case_format import CaseMeta, Label, write_case
+from shared.errors import InputError
+from shared.volume import Volume
+
+GRID = (24, 24, 12)
+
+
+def make_store(root: Path, n: int, seed: int, prevalence: float = 0.4) -> Path:
+    """Labelled cases whose positives carry a bright hbv / dark adc blob (machinery only)."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([2.5, 2.5, 4.5, 1.0])
+    for i in range(n):
+        y = int(i < round(n * prevalence))
+        vols = {s: rng.normal(0.5, 0.15, GRID).astype(np.float32) for s in ("t2w", "hbv", "adc")}
+        if y:
+            c = rng.integers(6, 18, 3)
+            c[2] = rng.integers(3, 9)
+            sl = tuple(slice(int(v) - 2, int(v) + 2) for v in c)
+            vols["hbv"][sl] += 0.8
+            vols["adc"][sl] -= 0.3
+        meta = CaseMeta(
+            f"case-{seed}-{i:03d}",
+            "real",
+            Label(cspca=y, source="site"),
+            list(GRID),
+            [2.5, 2.5, 4.5],
+            "tiny",
+        )
+        write_case(root / meta.case_id, meta, {k: Volume(v, affine) for k, v in vols.items()})
+    return root
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    return {
+        "external": make_store(base / "external", 60, 1),
+        "synthetic": make_store(base / "synthetic", 40, 2),
+        "base": base,
+    }
+
+
+def write_config(path: Path, stores, **overrides) -> Path:
+    text = f"""
+[study]
+profile = "tiny"
+external = "{stores["external"]}"
+fractions = {overrides.get("fractions", "[0.25, 1.0]")}
+seeds = 2
+seeds_large = 1
+small_fraction_max = 0.25
+split = {{ train = 0.6, val = 0.2, test = 0.2, seed = 0 }}
+
+[pretrain]
+steps = 8
+eval_every = 4
+
+[finetune]
+steps = 6
+eval_every = 3
+
+[conditions.none]
+kind = "none"
+
+[conditions.synthetic-bpmri]
+kind = "pretrain"
+cases = ["{stores["synthetic"]}"]
+
+[conditions.synthetic-t2w]
+kind = "{overrides.get("t2_kind", "pretrain")}"
+cases = ["{stores["synthetic"]}"]
+sequences = ["t2w"]
+"""
+    path.write_text(text)
+    return path
+
+
+def test_splits_are_stratified_nested_and_differ_between_seeds():
+    y = [1] * 40 + [0] * 60
+    split = stratified_split(y, {"train": 0.6, "val": 0.15, "test": 0.25}, seed=3)
+    assert not set(split.train) & set(split.val) and not set(split.train) & set(split.test)
+    assert len(split.train) + len(split.val) + len(split.test) == 100
+    for part in (split.train, split.test):
+        rate = np.mean([y[i] for i in part])
+        assert abs(rate - 0.4) < 0.03
+    fr = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+    a = fraction_subsets(y, split.train, fr, seed=0)
+    b = fraction_subsets(y, split.train, fr, seed=1)
+    for small, large in itertools.pairwise(fr):
+        assert set(a[small]) <= set(a[large])
+    assert a[1.0] == tuple(sorted(split.train))
+    assert a[1 / 16] != b[1 / 16]
+    pos = sum(y[i] for i in a[1 / 4])
+    assert pos == round(0.25 * 24) and len(a[1 / 4]) - pos == round(0.25 * 36)
+
+
+def test_study_runs_resumes_and_reports(stores, tmp_path, monkeypatch):
+    cfg = load_study_config(write_config(tmp_path / "study.toml", stores))
+    out = tmp_path / "out"
+    partial = study_run.run_study(cfg, out, max_cells=4)
+    assert len(partial) == 4
+    done = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    calls = []
+    real_run_cell = study_run.run_cell
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].key)
+        return real_run_cell(*args, **kwargs)
+
+    monkeypatch.setattr(study_run, "run_cell", counting)
+    results = study_run.run_study(cfg, out)
+    n_cells = 3 * (2 + 1)
+    assert len(results) == n_cells and len(calls) == n_cells - 4
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished cells untouched
+    assert sorted((out / "pretrained").iterdir()) == [
+        out / "pretrained" / "synthetic-bpmri",
+        out / "pretrained" / "synthetic-t2w",
+    ]
+    from coordinator.study.report import write_outputs
+
+    paths = write_outputs(results, out, phantom=True)
+    rows = list(csv.DictReader(paths["predictions"].open()))
+    test_n = len(json.loads((out / "split.json").read_text())["test"])
+    assert len(rows) == n_cells * test_n
+    # AUC in metrics.csv equals scikit-learn's on the written predictions.
+    cell = [r for r in rows if r["condition"] == "none" and float(r["fraction"]) == 1.0]
+    expected = roc_auc_score([int(r["label"]) for r in cell], [float(r["score"]) for r in cell])
+    metrics = paths["metrics"].read_text().split("# mean")[0].splitlines()[1:]
+    got = [
+        m
+        for m in csv.DictReader(metrics)
+        if m["condition"] == "none" and float(m["fraction"]) == 1.0
+    ]
+    assert abs(float(got[0]["auc"]) - expected) < 1e-5
+    comps = list(csv.DictReader(paths["comparisons"].open()))
+    assert len(comps) == 2 * 3  # two fractions x three pairs
+    assert all(0 <= float(c["auc_p_seed_level_holm"]) <= 1 for c in comps)
+    report = paths["report"].read_text()
+    assert "phantom data check the machinery" in report and "| none |" in report
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace('kind = "none"', 'kind = "magic"'), "unknown condition kind"),
+        (lambda t: t.replace("[0.25, 1.0]", "[0.25, 1.5]"), "fractions must lie in"),
+        (lambda t: t.replace("test = 0.2, ", ""), "split is missing 'test'"),
+        (lambda t: t.replace("[study]", "[stud]"), "needs a [study] table"),
+        (lambda t: t + "\n[conditions.x]\nkind = 'weights'\n", "needs weights"),
+        (lambda t: t.replace('profile = "tiny"', 'profile = "tiny'), "not valid TOML"),
+    ],
+)
+def test_bad_config_gives_clear_error(stores, tmp_path, edit, message):
+    p = write_config(tmp_path / "s.toml", stores)
+    p.write_text(edit(p.read_text()))
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_study_config(p)
+    r = CliRunner().invoke(coordinator_app, ["study", "--config", str(p)])
+    assert r.exit_code == 3 and "Traceback" not in r.output
+
+
+def test_weights_that_do_not_fit_are_refused(stores, tmp_path):
+    from shared.weights import save_weights
+
+    save_weights(
+        tmp_path / "w", {}, {"network": "small-cnn", "in_channels": 3, "grid_size": [32, 32, 16]}
+    )
+    p = write_config(tmp_path / "s.toml", stores, t2_kind="weights")
+    p.write_text(
+        p.read_text().replace(
+            f'cases = ["{stores["synthetic"]}"]\nsequences',
+            f'weights = "{tmp_path / "w"}"\nsequences',
+        )
+    )
+    cfg = load_study_config(p)
+    with pytest.raises(InputError, match="do not fit this study"):
+        study_run.run_study(cfg, tmp_path / "out")
