@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint format demo-data bench clean
+.PHONY: setup test lint format demo bench clean
 
 setup:
 	bash deploy/install.sh
@@ -18,11 +18,13 @@ format:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# A small phantom site, scanned and ingested (phantom data checks the machinery only).
-demo-data:
-	$(BIN)/site-agent phantom --out demo/aurora --cases 12 --institution aurora
-	$(BIN)/site-agent ingest --dicom-dir demo/aurora/dicom --labels demo/aurora/labels.csv \
-		--workspace demo/site-aurora --masks demo/aurora/masks
+# A small phantom hospital, end to end on site (tiny profile, about a minute on 2 cores).
+# Phantom data checks the machinery, not clinical truth.
+demo:
+	$(BIN)/site-agent phantom --out demo/aurora --cases 16 --institution aurora
+	$(BIN)/site-agent train --dicom-dir demo/aurora/dicom --labels demo/aurora/labels.csv \
+		--masks demo/aurora/masks --workspace demo/site-aurora
+	$(BIN)/site-agent generate --n 8 --workspace demo/site-aurora
 
 bench:
 	$(BIN)/python -m benchmarks.ingest_vs_picai_prep

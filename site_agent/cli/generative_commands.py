@@ -29,17 +29,24 @@ def stage_progress(enabled: bool) -> Iterator[object]:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
+        Task,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class StepsPerSecond(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed:.2f} steps/s" if task.speed else "")
 
     prog = Progress(
         TextColumn("[bold]{task.description:18}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.speed}"),
+        StepsPerSecond(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -123,7 +130,13 @@ def train(
         f"{cases['negative']} negative), profile {prof.name}"
     )
     if fid:
-        out.print(f"lesion-contrast retention of the autoencoder: {fid}", highlight=False)
+        gate = summary["fidelity"].get("min_retention") or 0
+        note = (
+            f"gate: at least {gate:.0%} on {', '.join(summary['fidelity']['gated_sequences'])}"
+            if gate > 0
+            else f"gate off in profile {prof.name}"
+        )
+        out.print(f"lesion-contrast retention of the autoencoder: {fid} ({note})", highlight=False)
     out.print(
         f"autoencoder: {model_dir(workspace, 'autoencoder')} ({summary['autoencoder']['status']})"
     )
