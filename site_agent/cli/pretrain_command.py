@@ -18,6 +18,14 @@ def pretrain_cmd(
     sequences: Annotated[
         str, typer.Option("--sequences", help="bpmri (t2w, hbv, adc) or t2w.")
     ] = "bpmri",
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="real (the real-source condition) or reconstructed (real cases passed through "
+            "the site's autoencoder: the control that separates generation from denoising).",
+        ),
+    ] = "real",
     profile: Annotated[str, typer.Option("--profile", help="tiny, cpu or paper.")] = "tiny",
     steps: Annotated[
         int | None, typer.Option("--steps", help="Training steps (default: the profile's).")
@@ -27,9 +35,10 @@ def pretrain_cmd(
         bool, typer.Option("--json", help="Print the saved config as JSON.")
     ] = False,
 ) -> None:
-    """Pretrain the classifier on WORKSPACE/cases/real (the real-source condition of the study);
-    weights (safetensors + config) go to WORKSPACE/models/classifier-real-SEQUENCES. They stay
-    on site until exported through the privacy gate."""
+    """Pretrain the classifier on the site's real cases (real-source condition) or on their
+    autoencoder reconstructions (reconstructed-source control); weights (safetensors + config)
+    go to WORKSPACE/models/classifier-SOURCE-SEQUENCES and stay on site until exported through
+    the privacy gate."""
     from shared.case_format import list_cases
     from shared.classifier.data import BPMRI, T2_ONLY
     from shared.classifier.pretrain import pretrain
@@ -41,7 +50,14 @@ def pretrain_cmd(
         raise InputError(f"--sequences must be bpmri or t2w, not {sequences!r}")
     seqs = BPMRI if sequences == "bpmri" else T2_ONLY
     prof = get_profile(profile)
-    folders = list_cases(workspace / "cases" / "real")
+    if source not in ("real", "reconstructed"):
+        raise InputError(f"--source must be real or reconstructed, not {source!r}")
+    if source == "reconstructed":
+        from site_agent.generative.reconstruct import reconstruct_cases
+
+        folders = reconstruct_cases(workspace)
+    else:
+        folders = list_cases(workspace / "cases" / "real")
     if not folders:
         raise InputError(
             f"no ingested cases in {workspace / 'cases' / 'real'}",
@@ -57,14 +73,14 @@ def pretrain_cmd(
         eval_every=max(5, (steps or c.pretrain_steps) // 12),
         seed=seed,
     )
-    dest = workspace / "models" / f"classifier-real-{sequences}"
+    dest = workspace / "models" / f"classifier-{source}-{sequences}"
     with progress_bar("pretraining classifier", cfg.steps, enabled=not json_out) as advance:
         config = pretrain(
             folders,
             seqs,
             cfg,
             dest,
-            {"condition": "real-source", "profile": prof.name},
+            {"condition": f"{source}-source", "profile": prof.name},
             progress=lambda step, rec: advance(1),
         )
     if json_out:
