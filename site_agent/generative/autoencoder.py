@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from shared.case_format import SEQUENCES
 from shared.errors import InputError
 from shared.profiles import AutoencoderSpec, GridSpec
+from site_agent.generative import distributed
 from site_agent.generative.checkpoint import TrainState, training_fields
 from site_agent.generative.data import TrainingSet
 from site_agent.generative.trainloop import (
@@ -172,13 +173,23 @@ def train_autoencoder(
     )
     n = len(data)
 
+    net = distributed.wrap(_SampledForward(model))
+    disc_net = distributed.wrap(modules["discriminator"]) if adv is not None else None
+    grid = data.images.shape[2:]
+    f = downsample_factor(spec)
+    eps_shape = (spec.batch_size * N_SEQ, spec.latent_channels, *(g // f for g in grid))
+
     def step(st: TrainState) -> float:
         idx = st.rng.choice(n, spec.batch_size, replace=n < spec.batch_size)
         flips = st.rng.random(len(idx)) < 0.5
-        x = _sequence_batch(data.images, idx, flips).to(device)
+        # Every rank draws the same batch and posterior noise; each trains on its shard.
+        eps = torch.randn(eps_shape)
+        part, weight = distributed.shard(len(idx))
+        rows = slice(part.start * N_SEQ, part.stop * N_SEQ)
+        x = _sequence_batch(data.images, idx[part], flips[part]).to(device)
         model.train()
         with autocast(device):
-            recon, z_mu, z_sigma = model(x)
+            recon, z_mu, z_sigma = net(x, eps[rows].to(device))
             recon = recon.float()
             loss = F.l1_loss(recon, x) + spec.mse_weight * F.mse_loss(recon, x)
             loss = loss + spec.kl_weight * kl_loss(z_mu.float(), z_sigma.float())
@@ -188,16 +199,19 @@ def train_autoencoder(
                     logits, target_is_real=True, for_discriminator=False
                 )
         ensure_finite(loss)
-        backward_step(loss, model, optimizers["model"], st.scaler, grad_clip=1.0)
+        backward_step(loss * weight, model, optimizers["model"], st.scaler, grad_clip=1.0)
         if adv is not None:
-            disc = modules["discriminator"]
+            assert disc_net is not None
+            disc = disc_net
             with autocast(device):
                 d_loss = 0.5 * (
                     adv(disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
                     + adv(disc(x)[-1], target_is_real=True, for_discriminator=True)
                 )
             ensure_finite(d_loss)
-            backward_step(d_loss, disc, optimizers["discriminator"], st.scaler, grad_clip=1.0)
+            backward_step(
+                d_loss * weight, disc, optimizers["discriminator"], st.scaler, grad_clip=1.0
+            )
         return float(loss.detach())
 
     config = {
@@ -211,6 +225,21 @@ def train_autoencoder(
         "autoencoder", state, step, spec.steps, folder, config, spec.checkpoint_every, progress
     )
     return model.eval()
+
+
+class _SampledForward(torch.nn.Module):
+    """AutoencoderKL's forward with the posterior noise passed in, so that DDP ranks can use
+    their slice of one full-batch draw (MONAI's forward draws its own)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_mu, z_sigma = self.model.encode(x)
+        return self.model.decode(z_mu + eps * z_sigma), z_mu, z_sigma
 
 
 @torch.no_grad()

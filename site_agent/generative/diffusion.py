@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from shared.errors import InputError
 from shared.profiles import DiffusionSpec
+from site_agent.generative import distributed
 from site_agent.generative.checkpoint import TrainState, training_fields
 from site_agent.generative.data import balanced_batch
 from site_agent.generative.trainloop import (
@@ -147,8 +148,13 @@ def diffusion_loss(
     labels: torch.Tensor,
     spacing: torch.Tensor,
     loss: str = "mse",
+    part: slice | None = None,
 ) -> torch.Tensor:
-    """Training loss of one batch of scaled latents (noise and timesteps from torch's RNG)."""
+    """Training loss of one batch of scaled latents (noise and timesteps from torch's RNG).
+
+    Noise and timesteps are drawn for the whole batch; only ``part`` of it goes through the
+    model (a DDP rank's shard), so every rank consumes the random streams identically.
+    """
     noise = torch.randn_like(x0)
     if objective == "rflow":
         t = scheduler.sample_timesteps(x0).float()
@@ -157,6 +163,14 @@ def diffusion_loss(
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (x0.shape[0],), device=x0.device)
         target = noise
     xt = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
+    if part is not None:
+        xt, t, target, labels, spacing = (
+            xt[part],
+            t[part],
+            target[part],
+            labels[part],
+            spacing[part],
+        )
     pred = model(xt, t, labels, spacing).float()
     return F.l1_loss(pred, target) if loss == "l1" else F.mse_loss(pred, target)
 
@@ -188,24 +202,28 @@ def train_diffusion(
     )
     sched = make_train_scheduler(spec.objective)
 
+    net = distributed.wrap(model)
+
     def step(st: TrainState) -> float:
         idx = balanced_batch(st.rng, labels, spec.batch_size)
+        part, weight = distributed.shard(len(idx))
         y = labels[idx].copy()
         y[st.rng.random(len(idx)) < spec.label_dropout] = NULL_CLASS
         x0 = torch.from_numpy(latents[idx]).to(device)
         model.train()
         with autocast(device):
             loss = diffusion_loss(
-                model,
+                net,
                 sched,
                 spec.objective,
                 x0,
                 torch.from_numpy(y).to(device),
                 torch.from_numpy(spacing[idx]).to(device),
                 spec.loss,
+                part,
             )
         ensure_finite(loss)
-        backward_step(loss, model, opt, st.scaler, spec.grad_clip)
+        backward_step(loss * weight, model, opt, st.scaler, spec.grad_clip)
         st.schedulers["model"].step()
         assert st.ema is not None
         update_ema(st.ema, model, spec.ema_decay, st.step)

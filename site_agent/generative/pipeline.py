@@ -30,6 +30,7 @@ from shared.profiles import Profile, get_profile
 from shared.weights import load_weights, save_weights
 from site_agent.generative import autoencoder as ae
 from site_agent.generative import diffusion as dm
+from site_agent.generative import distributed
 from site_agent.generative.checkpoint import training_fields
 from site_agent.generative.data import check_store, load_training_set, real_store
 from site_agent.generative.fidelity import check_retention, describe
@@ -114,7 +115,8 @@ def train_generative(
     prof = _profile(profile)
     if freeze_autoencoder and autoencoder_weights is None:
         raise InputError("freeze_autoencoder needs autoencoder_weights (a local weights path)")
-    device = device or default_device()
+    dist = distributed.setup()  # a no-op unless started by torchrun
+    device = device or (distributed.device_for(dist) if dist.active else default_device())
     spec_ae, spec_dm = prof.autoencoder, prof.diffusion
     store = real_store(workspace)
     check_store(store, prof, spec_dm.min_cases, spec_dm.min_per_class)
@@ -124,7 +126,12 @@ def train_generative(
     data = load_training_set(store)
     losses: dict[str, float] = {}
     cb = _last_loss(progress, losses)
-    summary: dict[str, Any] = {"profile": prof.name, "seed": seed, "device": str(device)}
+    summary: dict[str, Any] = {
+        "profile": prof.name,
+        "seed": seed,
+        "device": str(device),
+        "processes": dist.world,
+    }
     n_pos, n_neg = int((data.labels == 1).sum()), int((data.labels == 0).sum())
     summary["cases"] = {"total": len(data), "positive": n_pos, "negative": n_neg}
     timings: dict[str, float] = {}
@@ -151,7 +158,7 @@ def train_generative(
     elif freeze_autoencoder and autoencoder_weights is not None:
         model_ae = ae.build_autoencoder(spec_ae)
         ae.load_pretrained(model_ae, autoencoder_weights)
-        save_weights(ae_dir, model_ae.state_dict(), ae_cfg)
+        _save_on_main(ae_dir, model_ae.state_dict(), ae_cfg)
         status = "frozen"
     else:
         model_ae = ae.train_autoencoder(
@@ -163,7 +170,7 @@ def train_generative(
             autoencoder_weights,
             device,
         )
-        save_weights(ae_dir, model_ae.state_dict(), ae_cfg)
+        _save_on_main(ae_dir, model_ae.state_dict(), ae_cfg)
         status = "trained"
     model_ae = model_ae.to(device).eval()
     ae_sha = sha256_file(ae_dir / WEIGHTS)
@@ -180,7 +187,12 @@ def train_generative(
     cache = load_cache(lat_dir, ae_sha, data.case_ids)
     reused = cache is not None
     if cache is None:
-        cache = build_cache(model_ae, data, lat_dir, ae_sha, cb, device=device)
+        if dist.is_main:  # one writer; the other ranks read what it wrote
+            cache = build_cache(model_ae, data, lat_dir, ae_sha, cb, device=device)
+        distributed.barrier()
+        if not dist.is_main:
+            cache = load_cache(lat_dir, ae_sha, data.case_ids)
+    assert cache is not None
     timings["latents"] = time.perf_counter() - t0
     summary["latents"] = {
         "status": "reused" if reused else "encoded",
@@ -210,9 +222,17 @@ def train_generative(
 
 
 def _write_report(workspace: Path, summary: dict[str, Any], timings: dict[str, float]) -> None:
-    atomic_write_json(
-        workspace / "reports" / "generative-training.json", summary | {"seconds": timings}
-    )
+    if distributed.current().is_main:
+        atomic_write_json(
+            workspace / "reports" / "generative-training.json", summary | {"seconds": timings}
+        )
+
+
+def _save_on_main(folder: Path, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write weights from rank 0 only; every rank continues once they are on disk."""
+    if distributed.current().is_main:
+        save_weights(folder, state, config)
+    distributed.barrier()
 
 
 def _train_or_reuse_diffusion(
@@ -250,12 +270,12 @@ def _train_or_reuse_diffusion(
     saved = _saved_config(dm_dir)
     if saved is not None and saved.get("train") == cfg["train"]:
         if saved != cfg:  # only the sampling defaults changed: keep the weights
-            save_weights(dm_dir, load_weights(dm_dir)[0], cfg)
+            _save_on_main(dm_dir, load_weights(dm_dir)[0], cfg)
         return {"status": "reused", "sha256": sha256_file(dm_dir / WEIGHTS)}
     _, ema = dm.train_diffusion(
         latents, y, sp, spec, work_dir(workspace, "diffusion"), seed, progress, device
     )
-    save_weights(dm_dir, ema, cfg)
+    _save_on_main(dm_dir, ema, cfg)
     return {"status": "trained", "sha256": sha256_file(dm_dir / WEIGHTS), "cases": int(len(y))}
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from shared.errors import InputError
+from site_agent.generative import distributed
 from site_agent.generative.checkpoint import (
     CHECKPOINT_FILE,
     TrainState,
@@ -37,7 +38,8 @@ class NonFiniteLossError(Exception):
 
 
 def ensure_finite(loss: torch.Tensor) -> None:
-    if not bool(torch.isfinite(loss.detach()).all()):
+    ok = bool(torch.isfinite(loss.detach()).all())
+    if not distributed.all_true(ok, loss.device):  # every DDP rank stops together
         raise NonFiniteLossError(float(loss.detach().float().mean()))
 
 
@@ -146,6 +148,8 @@ def run_training(
         state.step += 1
         if progress:
             progress(stage, state.step, total_steps, loss)
-        if state.step % max(1, checkpoint_every) == 0 or state.step == total_steps:
+        due = state.step % max(1, checkpoint_every) == 0 or state.step == total_steps
+        if due and distributed.current().is_main:  # one writer; every rank holds the state
             save_checkpoint(path, state, config)
+    distributed.barrier()
     return state
