@@ -108,6 +108,8 @@ class DiffusionSpec:
     min_cases: int = 20  # labelled real cases needed before training starts
     min_per_class: int = 5
     sample_batch_size: int = 8
+    # Real cases kept out of generative training (per class), for the privacy screen.
+    holdout_fraction: float = 0.15
 
 
 @dataclass(frozen=True)

@@ -467,3 +467,32 @@ def test_reconstructed_source_cases(trained):
     stamp = (made[0] / "case.json").stat().st_mtime_ns
     reconstruct_cases(ws)  # same autoencoder: nothing is redone
     assert (made[0] / "case.json").stat().st_mtime_ns == stamp
+
+
+def test_holdout_split_is_stratified_capped_and_deterministic():
+    from site_agent.generative.data import holdout_split
+
+    labels = np.array([1] * 20 + [0] * 30 + [-1] * 3)
+    train, held = holdout_split(labels, 0.15, seed=3)
+    assert (labels[held] == 1).sum() == 3 and (labels[held] == 0).sum() == 4
+    assert set(train) | set(held) == set(range(len(labels))) and not set(train) & set(held)
+    assert all(labels[i] != -1 for i in held)  # unlabelled cases always train
+    _, held2 = holdout_split(labels, 0.15, seed=3)
+    assert np.array_equal(held, held2)
+    _, capped = holdout_split(np.array([1] * 6 + [0] * 6), 0.5, seed=0, keep_at_least=5)
+    assert len(capped) == 2  # one per class, so five of each still train
+
+
+def test_held_out_cases_never_reach_the_latent_cache(tmp_path):
+    ws = make_workspace(tmp_path / "ws", n=14, n_pos=7)
+    prof = dataclasses.replace(
+        small_profile(),
+        diffusion=dataclasses.replace(
+            small_profile().diffusion, holdout_fraction=0.3, min_per_class=2
+        ),
+    )
+    summary = train_generative(ws, prof, seed=0, device=torch.device("cpu"))
+    held = json.loads((ws / "models" / "generative" / "holdout.json").read_text())["held_out"]
+    assert len(held) == 4 and summary["cases"]["held_out"] == 4
+    index = json.loads((ws / "work" / "generative" / "latents" / "index.json").read_text())
+    assert not set(held) & set(json.dumps(index).split('"'))

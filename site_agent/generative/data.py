@@ -40,6 +40,33 @@ class TrainingSet:
         """Indices of cases with a csPCa label."""
         return np.flatnonzero(self.labels >= 0)
 
+    def subset(self, index: np.ndarray) -> TrainingSet:
+        idx = [int(i) for i in index]
+        return TrainingSet(
+            [self.case_ids[i] for i in idx],
+            self.images[idx],
+            self.labels[idx],
+            self.spacing[idx],
+            [self.lesions[i] for i in idx],
+        )
+
+
+def holdout_split(
+    labels: np.ndarray, fraction: float, seed: int, keep_at_least: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices: ``floor(fraction * n)`` cases of each class are kept out
+    of generative training, so the privacy screen can calibrate "how close does a patient the
+    model never saw come to the training set" (unlabelled cases always train); each class
+    keeps at least ``keep_at_least`` training cases."""
+    rng = np.random.default_rng([seed, 4099])
+    held: list[int] = []
+    for cls in (0, 1):
+        idx = np.flatnonzero(labels == cls)
+        k = max(0, min(int(np.floor(len(idx) * fraction)), len(idx) - keep_at_least))
+        held += rng.permutation(idx)[:k].tolist()
+    train = np.setdiff1d(np.arange(len(labels)), held)
+    return train, np.sort(np.asarray(held, dtype=np.int64))
+
 
 def real_store(workspace: Path) -> Path:
     return workspace / "cases" / "real"

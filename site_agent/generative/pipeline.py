@@ -32,7 +32,7 @@ from site_agent.generative import autoencoder as ae
 from site_agent.generative import diffusion as dm
 from site_agent.generative import distributed
 from site_agent.generative.checkpoint import training_fields
-from site_agent.generative.data import check_store, load_training_set, real_store
+from site_agent.generative.data import check_store, holdout_split, load_training_set, real_store
 from site_agent.generative.fidelity import check_retention, describe
 from site_agent.generative.latents import (
     LatentCache,
@@ -123,7 +123,16 @@ def train_generative(
     ae.latent_shape(spec_ae, prof.grid)  # the grid must suit the autoencoder
     if spec_dm.objective not in dm.OBJECTIVES:
         raise InputError(f"diffusion objective must be one of {dm.OBJECTIVES}")
-    data = load_training_set(store)
+    everything = load_training_set(store)
+    train_idx, held_idx = holdout_split(
+        everything.labels, spec_dm.holdout_fraction, seed, keep_at_least=spec_dm.min_per_class
+    )
+    data = everything.subset(train_idx)
+    if dist.is_main:  # the privacy screen calibrates on these; they never train anything
+        atomic_write_json(
+            workspace / "models" / "generative" / "holdout.json",
+            {"held_out": [everything.case_ids[i] for i in held_idx]},
+        )
     losses: dict[str, float] = {}
     cb = _last_loss(progress, losses)
     summary: dict[str, Any] = {
@@ -133,7 +142,12 @@ def train_generative(
         "processes": dist.world,
     }
     n_pos, n_neg = int((data.labels == 1).sum()), int((data.labels == 0).sum())
-    summary["cases"] = {"total": len(data), "positive": n_pos, "negative": n_neg}
+    summary["cases"] = {
+        "total": len(data),
+        "positive": n_pos,
+        "negative": n_neg,
+        "held_out": len(held_idx),
+    }
     timings: dict[str, float] = {}
 
     # 1. autoencoder
