@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli import study_command
+from coordinator.cli import bundle_commands, study_command
 from shared.cli_support import err, handle_errors, make_app, print_json, progress_bar
 from shared.errors import EXIT_CODES_HELP, InputError, NothingProducedError
 
@@ -96,6 +96,7 @@ def ingest(
 
 
 app.command("study")(study_command.study)
+bundle_commands.register(app)
 
 
 def main() -> None:

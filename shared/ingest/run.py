@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.cli_support import err, progress_bar
 from shared.errors import InputError, NothingProducedError
+
+if TYPE_CHECKING:
+    from shared.dicom.scan import ScanResult
+    from shared.ingest.dicom_ingest import IngestReport
 
 
 def scan_with_progress(
@@ -38,8 +44,13 @@ def run_dicom_ingest(
     workers: int,
     quiet: bool,
     store: str,
-):  # -> IngestReport
-    """Shared by ``site-agent ingest``, ``site-agent train`` and ``coordinator ingest``."""
+    on_scan: Callable[[ScanResult], None] | None = None,
+) -> IngestReport:
+    """Shared by ``site-agent ingest``, ``site-agent train`` and ``coordinator ingest``.
+
+    ``on_scan`` sees the scan result before ingest (the site agent records the source
+    identifiers there, as salted hashes, for its export gate's deny-list).
+    """
     from shared.ingest.dicom_ingest import ingest_scan
     from shared.ingest.labels import read_labels
     from shared.profiles import get_profile
@@ -49,6 +60,8 @@ def run_dicom_ingest(
     if masks is not None and not masks.is_dir():
         raise InputError(f"masks folder not found: {masks}")
     result = scan_with_progress(dicom_dir, mapping, workers, quiet)
+    if on_scan is not None:
+        on_scan(result)
     n_complete = sum(s.complete for s in result.studies)
     with progress_bar("ingesting studies", n_complete, enabled=not quiet) as advance:
         state = {"n": 0}

@@ -101,6 +101,8 @@ def train(
     if dicom_dir is not None:
         import os
 
+        from site_agent.privacy.identifiers import harvest_identifiers, record_identifiers
+
         run_dicom_ingest(
             dicom_dir,
             labels,
@@ -111,6 +113,7 @@ def train(
             os.cpu_count() or 1,
             json_out,
             store="real",
+            on_scan=lambda result: record_identifiers(workspace, harvest_identifiers(result)),
         )
     with stage_progress(not json_out) as cb:
         summary = train_generative(
@@ -191,10 +194,25 @@ def generate(
             steps=steps,
             progress=cb,
         )  # type: ignore[arg-type]
+    report = _fidelity_after_generate(workspace)
     if json_out:
-        print_json([str(f) for f in folders])
+        print_json({"cases": [str(f) for f in folders], "fidelity_report": report})
     else:
         out.print(f"{len(folders)} synthetic cases in {synthetic_store(workspace)}")
+        if report:
+            out.print(f"fidelity report (stays on site): {report}")
+
+
+def _fidelity_after_generate(workspace: Path) -> str | None:
+    """Write the fidelity report when there is enough to compare; say why not otherwise."""
+    from shared.errors import InputError
+    from site_agent.generative.fidelity_report import write_fidelity_report
+
+    try:
+        return str(write_fidelity_report(workspace)["paths"]["markdown"])
+    except InputError as exc:
+        err.print(f"[yellow]no fidelity report:[/] {exc.message}", highlight=False)
+        return None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,65 @@
+"""``coordinator trust add|list`` and ``coordinator import`` (parse and print only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.cli_support import err, handle_errors, out, print_json
+
+WS_OPT = typer.Option("--workspace", "-w", help="Coordinator workspace.")
+
+
+@handle_errors
+def trust_add(
+    site: Annotated[str, typer.Option("--site", help="The site's id (as in its bundles).")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="The site's site-key.pub.")],
+    fingerprint: Annotated[
+        str | None, typer.Option("--fingerprint", help="Fingerprint read out by the site.")
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace")] = False,
+    workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace"),
+) -> None:
+    """Pin a site's public key (compare the printed fingerprint with the site's)."""
+    from coordinator.trust.store import add_trusted
+
+    entry = add_trusted(workspace, site, public_key, fingerprint, replace)
+    out.print(f"pinned {site}: fingerprint {entry['fingerprint']}", highlight=False)
+
+
+@handle_errors
+def trust_list(workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace")) -> None:
+    """Print the pinned site keys."""
+    from coordinator.trust.store import trusted_sites
+
+    print_json(trusted_sites(workspace))
+
+
+@handle_errors
+def import_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or tar.")],
+    workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace"),
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Verify a bundle against the pinned keys and every file hash, then import its synthetic
+    cases (case format) or weights into WORKSPACE/imports/SITE/BUNDLE-ID. Exit 4 when the
+    bundle is unsigned, tampered or signed by an unpinned key."""
+    from coordinator.trust.importer import import_bundle
+
+    res = import_bundle(workspace, bundle)
+    if json_out:
+        print_json(res.__dict__ | {"folder": str(res.folder)})
+        return
+    what = f"{res.cases} synthetic case(s)" if res.kind == "synthetic" else f"weights {res.weights}"
+    err.print(f"[green]verified[/] bundle {res.bundle_id[:8]} from {res.site}")
+    out.print(f"imported {what} into {res.folder}")
+
+
+def register(app: typer.Typer) -> None:
+    trust = typer.Typer(help="Pinned site keys.", no_args_is_help=True)
+    trust.command("add")(trust_add)
+    trust.command("list")(trust_list)
+    app.add_typer(trust, name="trust")
+    app.command("import")(import_cmd)

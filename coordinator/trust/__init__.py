@@ -1,0 +1,1 @@
+"""The coordinator's trust store (pinned site keys) and the verified bundle import."""
