@@ -152,7 +152,7 @@ def dwi_images(
     for b in inst.b_values:
         clean = blur(s0 * np.exp(-b * adc_mm2), grid, inst.dwi_blur_mm)
         # Averaging over more excitations at high b keeps SNR usable, as protocols do.
-        nex = 1.0 if b < 1000 else 4.0
+        nex = 1.0 if b < 1000 else 3.0
         out[b] = rician(clean, 0.6 * sigma / np.sqrt(nex), rng)
     return out
 

@@ -287,7 +287,7 @@ def _draw_lesion(
     center = _point_in_pz(rng, prostate, tz) if zone == "pz" else _point_in(rng, tz, 0.6)
     if significant:
         # csPCa lesions are mostly >= 0.5 ml (radius >= ~5 mm).
-        size = rng.uniform(5.0, 10.0) * (1 + 0.08 * (isup - 2))
+        size = rng.uniform(4.5, 9.5) * (1 + 0.08 * (isup - 2))
         strength = float(np.clip(rng.uniform(0.4, 1.0) + 0.05 * (isup - 2), 0.4, 1.0))
         adc = float(rng.uniform(950, 1050) - 60 * (isup - 2))  # 700-1000 at ISUP 2-5
     else:
