@@ -62,9 +62,7 @@ def test_cli_export_review_audit_trust_import(tmp_path, apps, monkeypatch):
     res = r.invoke(coord_app, ["import", str(out), "-w", str(coord)])
     assert res.exit_code == 4  # no key pinned
     pub = ws / "keys" / "site-key.pub"
-    res = r.invoke(
-        coord_app, ["trust", "add", "--site", "aurora", "--public-key", str(pub), "-w", str(coord)]
-    )
+    res = r.invoke(coord_app, ["trust", "add", str(pub), "--site", "aurora", "-w", str(coord)])
     assert res.exit_code == 0, res.output
     res = r.invoke(coord_app, ["import", str(out), "-w", str(coord)])
     assert res.exit_code == 0, res.output

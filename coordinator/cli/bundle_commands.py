@@ -14,8 +14,8 @@ WS_OPT = typer.Option("--workspace", "-w", help="Coordinator workspace.")
 
 @handle_errors
 def trust_add(
+    public_key: Annotated[Path, typer.Argument(help="The site's public key file (site-key.pub).")],
     site: Annotated[str, typer.Option("--site", help="The site's id (as in its bundles).")],
-    public_key: Annotated[Path, typer.Option("--public-key", help="The site's site-key.pub.")],
     fingerprint: Annotated[
         str | None, typer.Option("--fingerprint", help="Fingerprint read out by the site.")
     ] = None,
