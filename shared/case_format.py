@@ -4,6 +4,7 @@ One folder per case::
 
     <case_id>/t2w.nii.gz  hbv.nii.gz  adc.nii.gz   float32, one common grid (the profile's)
     <case_id>/lesion.nii.gz                         optional, uint8, evaluation only
+    <case_id>/prostate.nii.gz                       optional, uint8, gland mask (evaluation)
     <case_id>/case.json                             labels, grid, provenance; no names/IDs/dates
 
 Intensities: t2w and hbv are scaled per volume, (x - p1) / (p99 - p1) with the percentiles of
@@ -26,6 +27,7 @@ from shared.volume import Volume, load_nifti, save_nifti
 
 FORMAT = "bpmri-case/1"
 SEQUENCES = ("t2w", "hbv", "adc")
+MASKS = ("lesion", "prostate")
 ADC_MAX_UM2_S = 3000.0
 SCALED_CLIP = (0.0, 3.0)
 
@@ -50,6 +52,7 @@ class CaseMeta:
     intensity: dict[str, dict[str, Any]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     has_lesion_mask: bool = False
+    has_prostate_mask: bool = False
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def write_case(folder: Path, meta: CaseMeta, volumes: dict[str, Volume]) -> None
         raise ValueError(f"write_case needs volumes {SEQUENCES}, missing {missing}")
     with atomic_directory(folder) as tmp:
         for name, vol in volumes.items():
-            dtype = np.uint8 if name == "lesion" else np.float32
+            dtype = np.uint8 if name in MASKS else np.float32
             save_nifti(vol, tmp / f"{name}.nii.gz", dtype)
         atomic_write_json(tmp / "case.json", meta.to_json())
 
@@ -101,7 +104,10 @@ def read_meta(folder: Path) -> CaseMeta:
 
 def read_case(folder: Path, with_mask: bool = False) -> Case:
     meta = read_meta(folder)
-    names = list(SEQUENCES) + (["lesion"] if with_mask and meta.has_lesion_mask else [])
+    names = list(SEQUENCES)
+    if with_mask:
+        names += ["lesion"] if meta.has_lesion_mask else []
+        names += ["prostate"] if meta.has_prostate_mask else []
     return Case(meta, {n: load_nifti(folder / f"{n}.nii.gz") for n in names})
 
 

@@ -496,3 +496,21 @@ def test_held_out_cases_never_reach_the_latent_cache(tmp_path):
     assert len(held) == 4 and summary["cases"]["held_out"] == 4
     index = json.loads((ws / "work" / "generative" / "latents" / "index.json").read_text())
     assert not set(held) & set(json.dumps(index).split('"'))
+
+
+def test_lesion_ring_stays_inside_the_gland():
+    from site_agent.generative.fidelity import measure_case
+
+    shape = (24, 24, 12)
+    gland = np.zeros(shape, bool)
+    gland[4:16, 4:20, 2:10] = True
+    lesion = np.zeros(shape, bool)
+    lesion[12:15, 9:13, 5:8] = True  # at the gland's edge: the ring reaches outside
+    adc = np.where(gland, 0.55, 0.1).astype(np.float32)  # fat outside: ADC near zero
+    adc[lesion] = 0.3
+    img = np.stack([adc, adc, adc])
+    sp = np.array([2.5, 2.5, 4.5])
+    loose = measure_case(img, img, 1, lesion, sp)
+    tight = measure_case(img, img, 1, lesion, sp, gland=gland)
+    assert tight.lesion_original[2] == pytest.approx(0.3 - 0.55)
+    assert loose.lesion_original[2] > tight.lesion_original[2] + 0.03  # fat dilutes it

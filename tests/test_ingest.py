@@ -147,6 +147,10 @@ def test_unmatched_rows_are_reported(phantom_sites, tmp_path):
 
 def test_profile_grids_are_centred_on_the_prostate(ingested):
     ws, _, _ = ingested["cascade"]
-    case = read_case(list_cases(ws / "cases" / "real")[0])
+    case = read_case(list_cases(ws / "cases" / "real")[0], with_mask=True)
     assert case.meta.provenance["centred_on"] == "prostate mask"
+    gland = case.volumes["prostate"].array > 0  # kept for evaluation: the gland is centred
+    assert case.meta.has_prostate_mask and gland.sum() > 50
+    centre = np.argwhere(gland).mean(axis=0)
+    assert np.all(np.abs(centre - (np.array(gland.shape) - 1) / 2) < 1.5)
     assert Path(ws / "profile.json").is_file()

@@ -31,6 +31,7 @@ def build_case_volumes(
     grid: GridSpec,
     center: np.ndarray | None = None,
     lesion: Volume | None = None,
+    prostate: Volume | None = None,
 ) -> tuple[dict[str, Volume], dict[str, dict[str, object]]]:
     """Resample all sequences straight onto the case grid in physical space (one
     interpolation each, anti-aliased) and normalise them; returns volumes and intensity notes.
@@ -47,13 +48,14 @@ def build_case_volumes(
     r = resample(adc, affine, grid.size, "linear")
     out["adc"] = Volume(scale_adc(r.array), affine)
     notes["adc"] = {"method": "fixed", "unit": "um2/s", "range": [0.0, 3000.0]}
-    if lesion is not None:
-        m = resample(
-            Volume(lesion.array.astype(np.float32), lesion.affine),
-            affine,
-            grid.size,
-            "linear",
-            antialias=False,
-        )
-        out["lesion"] = Volume((m.array >= 0.5).astype(np.uint8), affine)
+    for name, mask in (("lesion", lesion), ("prostate", prostate)):
+        if mask is not None:
+            m = resample(
+                Volume(mask.array.astype(np.float32), mask.affine),
+                affine,
+                grid.size,
+                "linear",
+                antialias=False,
+            )
+            out[name] = Volume((m.array >= 0.5).astype(np.uint8), affine)
     return out, notes

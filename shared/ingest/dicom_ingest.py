@@ -23,7 +23,7 @@ from shared.ingest.labels import LabelSheet
 from shared.profiles import Profile
 from shared.volume import load_nifti
 
-INGEST_VERSION = 1
+INGEST_VERSION = 2  # 2: the prostate mask (when given) is kept in the case
 
 
 @dataclass
@@ -69,12 +69,13 @@ def _run_job(job: _Job) -> tuple[str, str | None]:
     try:
         s = job.study
         vols = {r: load_volume(s.chosen[r]) for r in ("t2w", "hbv", "adc")}
-        center = None
+        center = prostate = None
         if job.prostate_mask:
-            center = mask_centroid(load_nifti(Path(job.prostate_mask)))
+            prostate = load_nifti(Path(job.prostate_mask))
+            center = mask_centroid(prostate)
         lesion = load_nifti(Path(job.lesion_mask)) if job.lesion_mask else None
         out, notes = build_case_volumes(
-            vols["t2w"], vols["hbv"], vols["adc"], job.profile.grid, center, lesion
+            vols["t2w"], vols["hbv"], vols["adc"], job.profile.grid, center, lesion, prostate
         )
         meta = CaseMeta(
             case_id=job.cid,
@@ -101,6 +102,7 @@ def _run_job(job: _Job) -> tuple[str, str | None]:
                 "centred_on": "prostate mask" if center is not None else "T2 FOV",
             },
             has_lesion_mask=lesion is not None,
+            has_prostate_mask=prostate is not None,
         )
         write_case(job.folder, meta, out)
         return job.cid, None

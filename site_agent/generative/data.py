@@ -7,7 +7,7 @@ store before minutes of training are spent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ class TrainingSet:
 
     ``images``: (N, 3, X, Y, Z) float32 in case-format intensities, channels t2w, hbv, adc;
     ``labels``: (N,) int, 1 csPCa, 0 none, -1 unlabelled; ``spacing``: (N, 3) mm;
-    ``lesions``: per case a (X, Y, Z) bool mask or None.
+    ``lesions``: per case a (X, Y, Z) bool mask or None; ``glands``: the prostate mask likewise
+    (it keeps the lesion's comparison ring inside the gland).
     """
 
     case_ids: list[str]
@@ -31,6 +32,7 @@ class TrainingSet:
     labels: np.ndarray
     spacing: np.ndarray
     lesions: list[np.ndarray | None]
+    glands: list[np.ndarray | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -48,6 +50,7 @@ class TrainingSet:
             self.labels[idx],
             self.spacing[idx],
             [self.lesions[i] for i in idx],
+            [self.glands[i] for i in idx] if self.glands else [],
         )
 
 
@@ -126,7 +129,7 @@ def check_store(store: Path, profile: Profile, min_cases: int, min_per_class: in
 
 def load_training_set(store: Path) -> TrainingSet:
     """Read every case of ``store`` (sequences, label, spacing, lesion mask if any)."""
-    ids, images, labels, spacing, lesions = [], [], [], [], []
+    ids, images, labels, spacing, lesions, glands = [], [], [], [], [], []
     for folder in list_cases(store):
         case = read_case(folder, with_mask=True)
         ids.append(case.meta.case_id)
@@ -136,12 +139,15 @@ def load_training_set(store: Path) -> TrainingSet:
         spacing.append([float(v) for v in case.meta.grid_spacing])
         mask = case.volumes.get("lesion")
         lesions.append(None if mask is None else mask.array > 0)
+        gland = case.volumes.get("prostate")
+        glands.append(None if gland is None else gland.array > 0)
     return TrainingSet(
         ids,
         np.stack(images).astype(np.float32),
         np.asarray(labels, dtype=np.int64),
         np.asarray(spacing, dtype=np.float32),
         lesions,
+        glands,
     )
 
 

@@ -88,11 +88,18 @@ def measure_case(
     mask: np.ndarray | None,
     spacing: np.ndarray,
     ring_mm: float = 5.0,
+    gland: np.ndarray | None = None,
 ) -> CaseContrast:
-    """Contrast measurements of one case; ``original``/``reconstructed`` are (3, X, Y, Z)."""
+    """Contrast measurements of one case; ``original``/``reconstructed`` are (3, X, Y, Z).
+
+    With a prostate mask (``gland``) the ring is kept inside the gland: periprostatic fat
+    (ADC near zero) would otherwise cancel the lesion's ADC restriction.
+    """
     lo = lr = None
     if mask is not None and mask.any():
         ring = lesion_ring(mask, spacing, ring_mm)
+        if gland is not None and (ring & gland).any():
+            ring = ring & gland
         if ring.any():
             lo = [lesion_contrast(original[i], mask, ring) for i in range(len(SEQUENCES))]
             lr = [lesion_contrast(reconstructed[i], mask, ring) for i in range(len(SEQUENCES))]

@@ -87,7 +87,12 @@ def build_cache(
             _save_latent(folder / f"{data.case_ids[k]}.safetensors", z[j].float().cpu())
             measures.append(
                 measure_case(
-                    data.images[k], recon[j], int(data.labels[k]), data.lesions[k], data.spacing[k]
+                    data.images[k],
+                    recon[j],
+                    int(data.labels[k]),
+                    data.lesions[k],
+                    data.spacing[k],
+                    gland=data.glands[k] if data.glands else None,
                 )
             )
         parts.append(z.float().cpu())
