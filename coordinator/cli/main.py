@@ -7,14 +7,15 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli import bundle_commands, study_command
+from coordinator.cli import bundle_commands, federate_command, study_command
 from shared.cli_support import err, handle_errors, make_app, print_json, progress_bar
 from shared.errors import EXIT_CODES_HELP, InputError, NothingProducedError
 
 app = make_app(
     "coordinator",
     "Coordinator for prostate bpMRI studies: ingest the external institution's data (DICOM or "
-    "the PI-CAI layout) and run the source-free adaptation study. " + EXIT_CODES_HELP,
+    "the PI-CAI layout), verify and import site bundles, run the source-free adaptation study "
+    "and Flower federations. " + EXIT_CODES_HELP,
 )
 
 
@@ -96,6 +97,7 @@ def ingest(
 
 
 app.command("study")(study_command.study)
+app.command("federate")(federate_command.federate)
 bundle_commands.register(app)
 
 

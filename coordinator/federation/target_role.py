@@ -1,0 +1,156 @@
+"""``role=target``: the coordinator's data node adapts the model to its external data.
+
+Train requests fine-tune the global model for a few steps on a label-stratified fraction of the
+external training split (the study's split and nested fractions, same seeds); evaluate requests
+score the global model on the held-out test split. Source data is never read here. Replies and
+refusals go to ``WORKSPACE/federation/journal.jsonl`` (one JSON line each).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InputError
+from shared.federation.node import NodeIdentity
+from shared.federation.policy import PolicyRefusal, check_request, load_policy
+from shared.federation.records import (
+    ARRAYS,
+    CONFIG,
+    K_FRACTION,
+    K_SPLIT,
+    METRICS,
+    MSG_DESCRIBE,
+    MSG_EVALUATE,
+    MSG_TRAIN,
+    NODE,
+    NUM_EXAMPLES,
+    ROLE_TARGET,
+)
+
+EXTERNAL = Path("cases") / "external"
+JOURNAL = Path("federation") / "journal.jsonl"
+
+
+def open_audit(node: NodeIdentity) -> Callable[[str, dict[str, Any]], None]:
+    path = node.workspace / JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(event: str, details: dict[str, Any]) -> None:
+        line = json.dumps(
+            {
+                "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "event": event,
+                "details": details | {"role": ROLE_TARGET},
+            },
+            sort_keys=True,
+        )
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(line + "\n")
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    return record
+
+
+def _parse_split(value: Any) -> tuple[dict[str, float], int]:
+    parts = [p.strip() for p in str(value or "0.6,0.15,0.25,0").split(",")]
+    try:
+        tr, va, te = (float(p) for p in parts[:3])
+        seed = int(parts[3]) if len(parts) > 3 else 0
+    except ValueError:
+        raise InputError(f"split must be 'train,val,test,seed', not {value!r}") from None
+    return {"train": tr, "val": va, "test": te}, seed
+
+
+def _data(node: NodeIdentity, config: dict[str, Any], sequences: list[str]):
+    from coordinator.study.splits import stratified_split
+    from shared.case_format import list_cases
+    from shared.classifier.data import load_case_tensors
+    from shared.classifier.pretrain import select_channels
+
+    folders = list_cases(node.workspace / EXTERNAL)
+    if not folders:
+        raise InputError(f"no external cases in {node.workspace / EXTERNAL}")
+    data = select_channels(load_case_tensors(folders), sequences)
+    fractions, split_seed = _parse_split(config.get(K_SPLIT))
+    split = stratified_split(data.y.astype(int).tolist(), fractions, split_seed)
+    return data, split, split_seed
+
+
+def handle(kind: str, msg, context, node: NodeIdentity):
+    import torch  # noqa: F401  (Flower's torch conversions need it imported)
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    from coordinator.study.splits import fraction_subsets
+    from shared.federation.local import (
+        arrays_digest,
+        evaluate_local,
+        request_train_config,
+        requested_sequences,
+        train_local,
+    )
+
+    policy = load_policy(node.workspace, ROLE_TARGET)
+    if kind == MSG_DESCRIBE:
+        n = len(list((node.workspace / EXTERNAL).glob("*/case.json")))
+        info = {"role": ROLE_TARGET, "site": str(node.options.get("site", "target"))}
+        content = RecordDict(
+            {
+                NODE: ConfigRecord(info | policy.summary()),
+                METRICS: MetricRecord({NUM_EXAMPLES: n, "cases-external": n}),
+            }
+        )
+        return content, {"returned": "description", "cases": n}
+    if kind not in (MSG_TRAIN, MSG_EVALUATE):
+        raise PolicyRefusal(f"message type {msg.metadata.message_type!r} is not served")
+    config = dict(msg.content.config_records.get(CONFIG, {}))
+    steps_cfg = config if kind == MSG_TRAIN else config | {"local-steps": 1}
+    req = check_request(policy, steps_cfg, default_data="external")
+    if ARRAYS not in msg.content.array_records:
+        raise InputError("request carries no global weights")
+    sequences = requested_sequences(config)
+    data, split, _split_seed = _data(node, config, sequences)
+    global_state = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    network = str(config.get("network", "small-cnn"))
+    if kind == MSG_EVALUATE:
+        test = data.subset(split.test)
+        m = evaluate_local(global_state, test, network)
+        metrics = {
+            NUM_EXAMPLES: len(test),
+            "test-auc": m["auc"],
+            "test-ap": m["ap"],
+            "test-loss": m["loss"],
+        }
+        content = RecordDict({METRICS: MetricRecord(metrics)})
+        return content, {"returned": ["metrics"], "data": "external", "metrics": metrics}
+    fraction = float(config.get(K_FRACTION, 1.0))
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"fraction must lie in (0, 1], not {fraction}")
+    seed = int(config.get("seed", 0))
+    subset = fraction_subsets(data.y.astype(int).tolist(), split.train, [fraction], seed)[fraction]
+    train = data.subset(subset)
+    cfg = request_train_config(config, req["local-steps"], len(sequences))
+    res = train_local(global_state, train, cfg, policy.dp_clip_norm)
+    metrics = {
+        NUM_EXAMPLES: len(train),
+        "train-loss": res.loss,
+        "local-steps": res.steps,
+        "update-norm": res.update_norm,
+        "clipped": int(res.clipped),
+    }
+    digest, nbytes = arrays_digest({k: v.numpy() for k, v in res.state.items()})
+    content = RecordDict({ARRAYS: ArrayRecord(res.state), METRICS: MetricRecord(metrics)})
+    return content, {
+        "returned": ["classifier-weights", "metrics"],
+        "data": "external",
+        "fraction": fraction,
+        "cases": len(train),
+        "weights-sha256": digest,
+        "weights-bytes": nbytes,
+        "metrics": metrics,
+    }

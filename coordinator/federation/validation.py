@@ -1,0 +1,87 @@
+"""Check every reply before it is aggregated.
+
+A reply is rejected (and logged with its reason) if it is an error, lacks the ``arrays`` or
+``metrics`` record or a positive finite ``num-examples``, has other tensor names, shapes or
+dtypes than the global model, holds NaN or Inf, or if its update norm (distance from the global
+model) exceeds ``norm_factor`` times the median of the *other* replies' update norms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.federation.records import ARRAYS, METRICS, NUM_EXAMPLES, update_norm
+
+
+@dataclass(frozen=True)
+class Rejection:
+    node_id: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node-id": self.node_id, "reason": self.reason}
+
+
+def _check_one(msg, reference: dict[str, np.ndarray]) -> tuple[str | None, float]:
+    if msg.has_error():
+        return f"error reply (code {msg.error.code}): {msg.error.reason}", math.nan
+    content = msg.content
+    if set(content.array_records) != {ARRAYS} or set(content.metric_records) != {METRICS}:
+        return (
+            f"reply must hold exactly '{ARRAYS}' and '{METRICS}' records, not "
+            f"{sorted(content.array_records)} / {sorted(content.metric_records)}"
+        ), math.nan
+    n = content.metric_records[METRICS].get(NUM_EXAMPLES)
+    if not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
+        return f"'{NUM_EXAMPLES}' must be a positive number, not {n!r}", math.nan
+    record = content.array_records[ARRAYS]
+    keys = set(record.keys())
+    if keys != set(reference):
+        missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
+        return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]})", math.nan
+    arrays: dict[str, np.ndarray] = {}
+    for k, ref in reference.items():
+        a = record[k].numpy()
+        if a.shape != ref.shape:
+            return f"tensor {k} has shape {a.shape}, expected {ref.shape}", math.nan
+        if a.dtype != ref.dtype:
+            return f"tensor {k} has dtype {a.dtype}, expected {ref.dtype}", math.nan
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            return f"tensor {k} holds NaN or Inf", math.nan
+        arrays[k] = a
+    return None, update_norm(arrays, reference)
+
+
+def validate_replies(
+    replies: list, reference: dict[str, np.ndarray], norm_factor: float
+) -> tuple[list, list[Rejection], dict[int, float]]:
+    """Split train replies into (accepted, rejected); also return each accepted update norm."""
+    candidates: list[tuple[Any, float]] = []
+    rejected: list[Rejection] = []
+    for msg in replies:
+        reason, norm = _check_one(msg, reference)
+        if reason:
+            rejected.append(Rejection(int(msg.metadata.src_node_id), reason))
+        else:
+            candidates.append((msg, norm))
+    accepted = []
+    norms: dict[int, float] = {}
+    for i, (msg, norm) in enumerate(candidates):
+        others = [n for j, (_, n) in enumerate(candidates) if j != i]
+        med = float(np.median(others)) if others else 0.0
+        if others and med > 0 and norm > norm_factor * med:
+            rejected.append(
+                Rejection(
+                    int(msg.metadata.src_node_id),
+                    f"update norm {norm:.4g} is more than {norm_factor:g} x the others' median "
+                    f"{med:.4g}",
+                )
+            )
+        else:
+            accepted.append(msg)
+            norms[int(msg.metadata.src_node_id)] = norm
+    return accepted, rejected, norms

@@ -1,0 +1,312 @@
+"""Federation: site policy and audit, reply validation, config, and a simulated federation
+(2 site nodes + 1 target node, Flower Simulation Engine) with a NaN reply, a stop and a resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.federation_support import make_consortium, make_site, write_fed_toml
+
+FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _flwr_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    for k, v in FLWR_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages built outside a Flower process need the identity Flower would set."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 11, 7, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+# --------------------------------------------------------------------------- policy + ClientApp
+
+
+def _global_arrays():
+    from coordinator.federation.config import FederationConfig
+    from coordinator.federation.rounds import initial_state
+
+    state, _ = initial_state(FederationConfig(out_dir="unused"))
+    return state
+
+
+def _message(kind: str, config: dict, with_arrays: bool = True):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+    content = {"config": ConfigRecord(config)}
+    if with_arrays:
+        content["arrays"] = ArrayRecord(_global_arrays())
+    msg = Message(RecordDict(content), dst_node_id=7, message_type=kind)
+    msg.metadata.__dict__["_src_node_id"] = 1  # as if it came from the SuperLink
+    return msg
+
+
+def _context(ws: Path, role: str = "site"):
+    from flwr.app import Context, RecordDict
+
+    return Context(
+        run_id=11,
+        node_id=7,
+        node_config={"role": role, "workspace": str(ws)},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+def _events(ws: Path) -> list[dict]:
+    path = ws / "audit" / "audit.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _audit_ok(ws: Path) -> bool:
+    from site_agent.export import audit
+    from site_agent.export.keys import public_keys
+
+    return audit.verify(ws, public_keys(ws)).ok
+
+
+@pytest.fixture(scope="module")
+def site_ws(tmp_path_factory):
+    return make_site(tmp_path_factory.mktemp("fedsite") / "site", "aurora", 3, n=8)
+
+
+def test_policy_defaults_and_bad_policies(tmp_path):
+    from shared.errors import InputError
+    from shared.federation.policy import PolicyRefusal, check_request, load_policy
+
+    p = load_policy(tmp_path, "site")
+    assert p.allowed_data == ("synthetic",) and p.source == "default"
+    assert load_policy(tmp_path, "target").allowed_data == ("external",)
+    assert check_request(p, {"local-steps": 3}, "synthetic")["data"] == "synthetic"
+    for bad in (
+        {"data": "real"},
+        {"returns": "images"},
+        {"returns": "generative-weights"},
+        {"local-steps": 10_000},
+    ):
+        with pytest.raises(PolicyRefusal):
+            check_request(p, bad, "synthetic")
+    (tmp_path / "federation").mkdir()
+    (tmp_path / "federation" / "policy.toml").write_text('[policy]\nallowed-returns = ["images"]\n')
+    with pytest.raises(InputError, match="never be returned"):
+        load_policy(tmp_path, "site")
+    (tmp_path / "federation" / "policy.toml").write_text('[policy]\nallowed-dat = ["real"]\n')
+    with pytest.raises(InputError, match="unknown policy keys"):
+        load_policy(tmp_path, "site")
+
+
+def test_site_node_trains_and_audits(site_ws):
+    from shared.federation.client_app import app
+
+    n_before = len(_events(site_ws))
+    reply = app(
+        _message("train", {"local-steps": 1, "batch-size": 4, "server-round": 1}), _context(site_ws)
+    )
+    assert not reply.has_error(), reply.error
+    metrics = reply.content.metric_records["metrics"]
+    assert metrics["num-examples"] == 8 and math.isfinite(metrics["train-loss"])
+    ev = _events(site_ws)[n_before:]
+    assert [e["event"] for e in ev] == ["federation-reply"]
+    assert ev[0]["details"]["data"] == "synthetic" and len(ev[0]["details"]["weights-sha256"]) == 64
+    assert _audit_ok(site_ws)
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "why"),
+    [
+        ("train", {"data": "real", "local-steps": 1}, "'real' data"),
+        ("train", {"returns": "classifier-weights,generative-weights"}, "generative-weights"),
+        ("train", {"returns": "images"}, "images"),
+        ("query.export_images", {}, "not served"),
+        ("evaluate", {}, "does not evaluate"),
+    ],
+)
+def test_policy_refuses_forbidden_requests_and_audits(site_ws, kind, config, why):
+    from shared.federation.client_app import CODE_POLICY_REFUSED, app
+
+    n_before = len(_events(site_ws))
+    reply = app(_message(kind, config), _context(site_ws))
+    assert reply.has_error() and reply.error.code == CODE_POLICY_REFUSED
+    assert why in reply.error.reason
+    ev = _events(site_ws)[n_before:]
+    assert [e["event"] for e in ev] == ["federation-refused"]
+    assert why in ev[0]["details"]["reason"]
+    assert _audit_ok(site_ws)
+
+
+def test_node_without_audit_key_answers_nothing(tmp_path):
+    from shared.federation.client_app import CODE_NO_AUDIT, app
+
+    ws = make_site(tmp_path / "s", "cascade", 4, n=4, policy="[policy]\n")  # no passphrase
+    os.environ.pop("SITE_AGENT_KEY_PASSPHRASE", None)
+    reply = app(_message("train", {"local-steps": 1}), _context(ws))
+    assert reply.has_error() and reply.error.code == CODE_NO_AUDIT
+    assert "passphrase" in reply.error.reason
+    reply = app(_message("train", {}), _context(tmp_path, role="nurse"))
+    assert reply.has_error() and "role" in reply.error.reason
+
+
+def test_dp_clipping_bounds_the_update(tmp_path):
+    from shared.federation.client_app import app
+
+    ws = make_site(
+        tmp_path / "s",
+        "dawn",
+        5,
+        n=6,
+        policy=(
+            "[policy]\ndp-clip-norm = 0.01\n"
+            f'audit-passphrase-file = "{tmp_path / "s" / "secrets" / "audit-passphrase"}"\n'
+        ),
+    )
+    reply = app(_message("train", {"local-steps": 2, "batch-size": 4}), _context(ws))
+    assert not reply.has_error(), reply.error
+    from shared.federation.records import update_norm
+
+    new = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+    old = {k: v.numpy() for k, v in _global_arrays().items()}
+    assert update_norm(new, old) <= 0.01 * 1.001
+    assert reply.content.metric_records["metrics"]["clipped"] == 1
+
+
+# --------------------------------------------------------------------------- reply validation
+
+
+def _reply(src: int, arrays: dict | None, n: int = 5, error: str | None = None):
+    from flwr.app import Error, Message, MetricRecord, RecordDict
+
+    if error:
+        msg = Message(error=Error(code=1, reason=error), reply_to=_message("train", {}))
+    else:
+        msg = Message(
+            RecordDict(
+                {
+                    "arrays": _ar(arrays),
+                    "metrics": MetricRecord({"num-examples": n}),
+                }
+            ),
+            dst_node_id=0,
+            message_type="train",
+        )
+    msg.metadata.__dict__["_src_node_id"] = src
+    return msg
+
+
+def _ar(arrays):
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+
+
+def test_validation_rejects_bad_replies():
+    from coordinator.federation.validation import validate_replies
+
+    ref = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+    good = [
+        _reply(i, {"w": np.full((3, 2), 0.1 * i, np.float32), "b": np.ones(2, np.float32)})
+        for i in (1, 2, 3)
+    ]
+    nan = _reply(4, {"w": np.full((3, 2), np.nan, np.float32), "b": np.ones(2, np.float32)})
+    inf = _reply(5, {"w": np.zeros((3, 2), np.float32), "b": np.array([np.inf, 0], np.float32)})
+    shape = _reply(6, {"w": np.zeros((2, 3), np.float32), "b": np.ones(2, np.float32)})
+    names = _reply(7, {"w": np.zeros((3, 2), np.float32)})
+    huge = _reply(8, {"w": np.full((3, 2), 1e4, np.float32), "b": np.ones(2, np.float32)})
+    err = _reply(9, None, error="node crashed")
+    zero = _reply(10, {"w": np.zeros((3, 2), np.float32), "b": np.ones(2, np.float32)}, n=0)
+    accepted, rejected, _norms = validate_replies(
+        [*good, nan, inf, shape, names, huge, err, zero], ref, norm_factor=10.0
+    )
+    assert sorted(int(m.metadata.src_node_id) for m in accepted) == [1, 2, 3]
+    reasons = {r.node_id: r.reason for r in rejected}
+    assert "NaN" in reasons[4] and "NaN or Inf" in reasons[5]
+    assert "shape" in reasons[6] and "names" in reasons[7]
+    assert "median" in reasons[8] and "node crashed" in reasons[9]
+    assert "num-examples" in reasons[10]
+    # two replies: the outlier is caught against the other one alone
+    acc2, rej2, _ = validate_replies([good[0], huge], ref, norm_factor=10.0)
+    assert [r.node_id for r in rej2] == [8] and len(acc2) == 1
+
+
+def test_fed_toml_parsing(tmp_path):
+    from coordinator.federation.config import FederationConfig, load_fed_toml
+    from shared.errors import InputError
+
+    ws = {"aurora": tmp_path / "a", "borealis": tmp_path / "b", "target": tmp_path / "t"}
+    fed = load_fed_toml(write_fed_toml(tmp_path / "fed.toml", ws, tmp_path / "out"))
+    rc = fed.run_config
+    assert fed.mode == "simulation" and len(fed.sim_nodes) == 3 and rc.expected_nodes == 3
+    assert rc.phase_of(1) == "pretrain" and rc.phase_of(2) == "adapt"
+    again = FederationConfig.from_run_config(rc.to_run_config())
+    assert again == rc
+    # round counts do not change the fingerprint (resume with more rounds); settings do
+    more = FederationConfig(**{**again.__dict__, "adapt_rounds": 5})
+    assert more.fingerprint() == rc.fingerprint()
+    assert FederationConfig(**{**again.__dict__, "adapt_lr": 0.1}).fingerprint() != rc.fingerprint()
+    (tmp_path / "bad.toml").write_text("[federation]\nroundtimeout = 3\n")
+    with pytest.raises(InputError, match="unknown keys"):
+        load_fed_toml(tmp_path / "bad.toml")
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+@pytest.mark.slow
+def test_simulated_federation_rejects_nan_stops_and_resumes(tmp_path):
+    """2 site nodes (one replies NaN) + 1 target node; round 1 pretrain, round 2 adapt; the
+    first run stops after round 1, the rerun continues with round 2 only."""
+    import typer
+    from typer.testing import CliRunner
+
+    from coordinator.cli.federate_command import federate
+
+    ws = make_consortium(tmp_path)
+    out = tmp_path / "out"
+    cli = typer.Typer()
+    cli.command()(federate)
+
+    cfg1 = write_fed_toml(
+        tmp_path / "fed1.toml", ws, out, faults={"borealis": "nan"}, extra="stop-after-round = 1"
+    )
+    res = CliRunner().invoke(cli, ["--config", str(cfg1), "--json", "--timeout", "240"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["status"] == "finished:completed"
+    state = json.loads((out / "state.json").read_text())
+    assert state["last-round"] == 1 and state["phases"] == ["pretrain"]
+    assert (out / "rounds" / "round-0001" / "model.safetensors").is_file()
+    assert not (out / "final").exists()
+    rej = [json.loads(x) for x in (out / "rejections.jsonl").read_text().splitlines()]
+    assert len(rej) == 1 and rej[0]["round"] == 1 and "NaN" in rej[0]["reason"]
+
+    r1 = (out / "rounds" / "round-0001" / "model.safetensors").read_bytes()
+    cfg2 = write_fed_toml(tmp_path / "fed2.toml", ws, out, faults={"borealis": "nan"})
+    res = CliRunner().invoke(cli, ["--config", str(cfg2), "--json", "--timeout", "240"])
+    assert res.exit_code == 0, res.output
+    log = (out / "flower-run.log").read_text()
+    assert "resuming after round 1 of 2" in log
+    assert (out / "rounds" / "round-0001" / "model.safetensors").read_bytes() == r1
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [(r["round"], r["phase"]) for r in rows] == [("1", "pretrain"), ("2", "adapt")]
+    assert rows[0]["accepted"] == "1" and rows[0]["rejected"] == "1"
+    assert all(0.0 <= float(r["test-auc"]) <= 1.0 for r in rows)
+    for f in ("final/model.safetensors", "final/config.json", "metrics.png"):
+        assert (out / f).is_file(), f
+    # each site audited its replies; the target node journalled its own
+    for name in ("aurora", "borealis"):
+        assert _audit_ok(ws[name])
+        assert any(e["event"] == "federation-reply" for e in _events(ws[name]))
+    assert (ws["target"] / "federation" / "journal.jsonl").is_file()
