@@ -130,7 +130,8 @@ def train(
     fid = summary.get("fidelity", {}).get("summary", "")
     out.print(
         f"trained on {cases['total']} cases ({cases['positive']} csPCa-positive, "
-        f"{cases['negative']} negative), profile {prof.name}"
+        f"{cases['negative']} negative), profile {prof.name}; "
+        f"{cases.get('held_out', 0)} real case(s) held out for the privacy screen"
     )
     if fid:
         gate = summary["fidelity"].get("min_retention") or 0
