@@ -238,3 +238,19 @@ def test_latent_distance_uses_the_site_autoencoder(tmp_path):
     score = mem.screen(ref, copy)[0]
     assert score.flagged and set(score.reasons) == {"image", "latent"}
     assert score.latent_distance == pytest.approx(0.0, abs=1e-5)
+
+
+def test_average_samples_are_not_taken_for_copies(tmp_path):
+    """An 'average' sample (what an under-trained model makes) is near every training case at
+    once; only a sample distinctly near one patient is flagged (uniqueness rule)."""
+    site = make_site(tmp_path, n_train=8, n_hold=6, novel=0, copies=0, keys=False)
+    ref = mem.build_reference(site["ws"], mem.ScreenConfig(use_latents=False))
+    train = np.stack([np.stack([c[s] for s in ("t2w", "hbv", "adc")]) for c in site["train"]])
+    rng = np.random.default_rng(4)
+    average = train.mean(axis=0) + 0.001 * rng.normal(size=train.shape[1:])
+    copy = train[3] + 0.002 * rng.normal(size=train.shape[1:])
+    avg_score, copy_score = mem.screen(ref, np.stack([average, copy]).astype(np.float32))
+    assert avg_score.image_distance < ref.image_threshold  # the threshold alone would flag it
+    assert not avg_score.flagged and avg_score.image_uniqueness > ref.alpha
+    assert copy_score.flagged and copy_score.reasons == ["image"]
+    assert copy_score.image_uniqueness < 0.1

@@ -18,6 +18,13 @@ theirs (``numpy.quantile(..., method="lower")``, flag when strictly below). When
 ``min_holdout`` held-out cases exist, each training case's distance to its nearest *other*
 training case stands in (leave-one-out), and the manifest says so.
 
+Uniqueness (Carlini et al. 2023, "extracting training data from diffusion models"): a sample
+is a copy *of a patient* only if it is distinctly nearer to that patient than to the other
+training cases. A blurry, "average" sample from an under-trained model is near to all of them
+at once and would otherwise be flagged by the calibrated threshold alone; so a case is flagged
+on a measure when it is below the threshold **and** its nearest distance is below ``alpha``
+(default 0.5) times the mean distance to its ``k`` nearest training cases (default 5).
+
 Only counts, thresholds and distance summaries leave the site (the manifest); never case ids.
 """
 
@@ -42,6 +49,8 @@ class ScreenConfig:
     quantile: float = 0.05  # flag when closer than this quantile of held-out distances
     min_holdout: int = 3  # fewer held-out cases: leave-one-out calibration on training cases
     use_latents: bool = True
+    alpha: float = 0.5  # uniqueness: nearest < alpha * mean of the k nearest (Carlini 2023)
+    k_nearest: int = 5
 
 
 @dataclass
@@ -51,6 +60,8 @@ class CaseScore:
     per_sequence: dict[str, float]
     flagged: bool
     reasons: list[str] = field(default_factory=list)
+    image_uniqueness: float = 0.0  # nearest / mean of the k nearest (small: a copy of one case)
+    latent_uniqueness: float | None = None
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Reference:
     latent_threshold: float | None
     encoder: Encoder | None
     calibration: dict[str, Any]
+    alpha: float = 0.5
+    k_nearest: int = 5
 
     def summary(self) -> dict[str, Any]:
         return dict(self.calibration) | {
@@ -100,6 +113,13 @@ def nearest_latent(train: np.ndarray, query: np.ndarray, exclude_self: bool = Fa
     if exclude_self:
         np.fill_diagonal(d, np.inf)
     return d.min(axis=1)
+
+
+def uniqueness(distances: np.ndarray, k: int) -> np.ndarray:
+    """Per row of a (M, N) distance matrix: nearest / mean of the ``k`` nearest."""
+    k = max(1, min(k, distances.shape[1]))
+    part = np.sort(distances, axis=1)[:, :k]
+    return part[:, 0] / np.maximum(part.mean(axis=1), 1e-12)
 
 
 def _threshold(distances: np.ndarray, q: float) -> float:
@@ -208,7 +228,9 @@ def build_reference(
         "training_cases": len(train_f),
         "held_out_cases": 0 if loo else len(hold_f),
         "quantile": config.quantile,
-        "rule": "flag when nearer than the quantile of held-out nearest-training distances",
+        "rule": "flag when nearer than the quantile of held-out nearest-training distances "
+        f"and nearer than {config.alpha} x the mean distance to the {config.k_nearest} nearest "
+        "training cases (uniqueness)",
         "image_measure": "1 - mean over t2w/hbv/adc of Pearson r to the nearest training case",
         "held_out_image_distance": _stats(d_img),
     }
@@ -232,24 +254,39 @@ def build_reference(
         calibration["latent_measure"] = "unavailable (no site autoencoder)"
         encoder = None
     return Reference(
-        train, _threshold(d_img, config.quantile), train_lat, lat_thr, encoder, calibration
+        train,
+        _threshold(d_img, config.quantile),
+        train_lat,
+        lat_thr,
+        encoder,
+        calibration,
+        config.alpha,
+        config.k_nearest,
     )
 
 
 def screen(reference: Reference, images: np.ndarray) -> list[CaseScore]:
     """Score synthetic cases (N, 3, X, Y, Z) in case-format intensities."""
-    d_img, d_seq = nearest_image(reference.train, standardise(images))
-    d_lat = None
+    query = standardise(images)
+    d_img, d_seq = nearest_image(reference.train, query)
+    u_img = uniqueness(
+        1.0 - image_similarity(reference.train, query).mean(axis=2), reference.k_nearest
+    )
+    d_lat = u_lat = None
     if reference.encoder is not None and reference.train_latents is not None:
-        d_lat = nearest_latent(reference.train_latents, reference.encoder(images))
+        q_lat = reference.encoder(images)
+        d_lat = nearest_latent(reference.train_latents, q_lat)
+        full = np.sqrt(((q_lat[:, None, :] - reference.train_latents[None]) ** 2).mean(axis=2))
+        u_lat = uniqueness(full, reference.k_nearest)
     scores = []
     for i in range(len(images)):
         reasons = []
-        if d_img[i] < reference.image_threshold:
+        if d_img[i] < reference.image_threshold and u_img[i] < reference.alpha:
             reasons.append("image")
         lat = None if d_lat is None else float(d_lat[i])
         thr = reference.latent_threshold
-        if lat is not None and thr is not None and lat < thr:
+        unique_lat = u_lat is not None and u_lat[i] < reference.alpha
+        if lat is not None and thr is not None and lat < thr and unique_lat:
             reasons.append("latent")
         scores.append(
             CaseScore(
@@ -258,6 +295,8 @@ def screen(reference: Reference, images: np.ndarray) -> list[CaseScore]:
                 {s: float(d_seq[i, j]) for j, s in enumerate(SEQUENCES)},
                 bool(reasons),
                 reasons,
+                float(u_img[i]),
+                None if u_lat is None else float(u_lat[i]),
             )
         )
     return scores
