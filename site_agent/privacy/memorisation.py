@@ -184,7 +184,7 @@ def autoencoder_encoder(workspace: Path) -> tuple[Encoder, str, dict[str, float]
         if idx.get("autoencoder_sha256") == sha:
             scales = idx["scale_factors"]
     except (OSError, ValueError, KeyError):
-        pass
+        pass  # no usable cache index: latents stay unscaled (same for both sides compared)
 
     def encode(images: np.ndarray) -> np.ndarray:
         out = []
