@@ -17,44 +17,16 @@ from coordinator.cli.main import app as coordinator_app
 from coordinator.study import run as study_run
 from coordinator.study.config import load_study_config
 from coordinator.study.splits import fraction_subsets, stratified_split
-from shared.case_format import CaseMeta, Label, write_case
 from shared.errors import InputError
-from shared.volume import Volume
-
-GRID = (24, 24, 12)
-
-
-def make_store(root: Path, n: int, seed: int, prevalence: float = 0.4) -> Path:
-    """Labelled cases whose positives carry a bright hbv / dark adc blob (machinery only)."""
-    rng = np.random.default_rng(seed)
-    affine = np.diag([2.5, 2.5, 4.5, 1.0])
-    for i in range(n):
-        y = int(i < round(n * prevalence))
-        vols = {s: rng.normal(0.5, 0.15, GRID).astype(np.float32) for s in ("t2w", "hbv", "adc")}
-        if y:
-            c = rng.integers(6, 18, 3)
-            c[2] = rng.integers(3, 9)
-            sl = tuple(slice(int(v) - 2, int(v) + 2) for v in c)
-            vols["hbv"][sl] += 0.8
-            vols["adc"][sl] -= 0.3
-        meta = CaseMeta(
-            f"case-{seed}-{i:03d}",
-            "real",
-            Label(cspca=y, source="site"),
-            list(GRID),
-            [2.5, 2.5, 4.5],
-            "tiny",
-        )
-        write_case(root / meta.case_id, meta, {k: Volume(v, affine) for k, v in vols.items()})
-    return root
+from tests.federation_support import make_store
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     base = tmp_path_factory.mktemp("study")
     return {
-        "external": make_store(base / "external", 60, 1),
-        "synthetic": make_store(base / "synthetic", 40, 2),
+        "external": make_store(base / "external", 60, 1, "real"),
+        "synthetic": make_store(base / "synthetic", 40, 2, "synthetic"),
         "base": base,
     }
 
