@@ -26,8 +26,11 @@ demo:
 		--masks demo/aurora/masks --workspace demo/site-aurora
 	$(BIN)/site-agent generate --n 8 --workspace demo/site-aurora
 
+# The quick benchmarks; the others need a trained workspace or tens of minutes
+# (benchmarks/README.md lists them all with their commands).
 bench:
 	$(BIN)/python -m benchmarks.ingest_vs_picai_prep
+	$(BIN)/python -m benchmarks.generative_training --profiles tiny cpu
 
 clean:
 	rm -rf demo .pytest_cache
