@@ -48,12 +48,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.errors import InputError
+from shared.toml_files import read_toml
 
 # Keys whose change does not change what a completed round computed (resume may differ).
 NON_TRAJECTORY_KEYS = (
@@ -164,12 +164,7 @@ def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def load_fed_toml(path: Path) -> FedToml:
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read federation config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"federation config {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "federation config")
     base = Path(path).resolve().parent
     fed, pre, ada = _table(raw, "federation"), _table(raw, "pretrain"), _table(raw, "adapt")
     sim, dep = _table(raw, "simulation"), _table(raw, "deployment")

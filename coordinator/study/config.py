@@ -30,13 +30,13 @@ Relative paths are resolved against the config file's folder.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shared.errors import InputError
 from shared.profiles import get_profile
+from shared.toml_files import read_toml
 
 CONDITION_KINDS = ("none", "weights", "pretrain")
 SEQUENCE_SETS = {("t2w", "hbv", "adc"), ("t2w",)}
@@ -110,12 +110,7 @@ def _training(d: dict[str, Any], where: str, steps: int, lr: float, batch: int) 
 
 def load_study_config(path: Path) -> StudyConfig:
     """Parse and check ``path``; every problem is an ``InputError`` naming the key."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read study config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"study config {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "study config")
     base = Path(path).resolve().parent
     study = raw.get("study")
     if not isinstance(study, dict):
