@@ -5,7 +5,9 @@ autoencoder and the diffusion UNet, seconds per autoencoder step and per diffusi
 profile's batch size (latent volumes per second), and the peak resident memory. Inputs are
 random tensors of the profile's shapes: the cost does not depend on the content. The ``paper``
 profile runs one step per network at the largest batch that fits (tried from the profile's
-batch downwards) — on a GPU when one is present, else on this CPU within its memory.
+batch downwards) — on a GPU when one is present, else on this CPU within its memory. On a GPU
+the steps run under the same mixed precision as training (bf16 where supported) and the peak
+is the GPU's allocated memory.
 
 Run: ``python -m benchmarks.generative_training [--profiles tiny cpu paper] [--steps 5]``.
 """
@@ -35,6 +37,12 @@ def measure(profile: str, steps: int, batch: int | None) -> dict[str, Any]:
     from shared.profiles import get_profile
     from site_agent.generative import autoencoder as ae
     from site_agent.generative import diffusion as dm
+    from site_agent.generative.trainloop import (
+        autocast,
+        backward_step,
+        cuda_amp_dtype,
+        make_scaler,
+    )
 
     prof = get_profile(profile)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,22 +56,35 @@ def measure(profile: str, steps: int, batch: int | None) -> dict[str, Any]:
         "diffusion_parameters": sum(p.numel() for p in den.parameters()),
         "latent_shape": [c, x, y, z],
     }
-    b_ae = batch or prof.autoencoder.batch_size
+    # --batch searches the diffusion batch; the autoencoder never exceeds its profile batch
+    b_ae = min(batch, prof.autoencoder.batch_size) if batch else prof.autoencoder.batch_size
     b_dm = batch or prof.diffusion.batch_size
+    scaler = make_scaler(dev)
+    out["precision"] = str(cuda_amp_dtype(dev) or torch.float32).removeprefix("torch.")
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     opt = torch.optim.AdamW(model_ae.parameters(), lr=1e-4)
     img = torch.rand(b_ae * 3, 1, *prof.grid.size, device=dev)
-    t0 = None
-    for i in range(steps + 1):
+    t0 = 0.0
+    for i in range(steps + 1):  # step 0 warms up (allocator, cuDNN autotuning)
         if i == 1:
+            sync()
             t0 = time.perf_counter()
-        recon, _, _ = model_ae(img)
-        loss = F.l1_loss(recon, img)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert t0 is not None
+        with autocast(dev):
+            recon, _, _ = model_ae(img)
+            loss = F.l1_loss(recon.float(), img)
+        backward_step(loss, model_ae, opt, scaler, 0.0)
+    sync()
     out["autoencoder_s_per_step"] = (time.perf_counter() - t0) / max(steps, 1)
     out["autoencoder_batch_cases"] = b_ae
+    if dev.type == "cuda":  # each network's own peak: they never train at the same time
+        out["autoencoder_peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        del model_ae, opt, img, recon, loss
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
     sched = dm.make_train_scheduler(prof.diffusion.objective)
     lat = torch.randn(b_dm, c, x, y, z, device=dev)
@@ -71,17 +92,18 @@ def measure(profile: str, steps: int, batch: int | None) -> dict[str, Any]:
     spacing = torch.tensor([list(prof.grid.spacing)] * b_dm, device=dev)
     for i in range(steps + 1):
         if i == 1:
+            sync()
             t0 = time.perf_counter()
-        loss = dm.diffusion_loss(den, sched, prof.diffusion.objective, lat, labels, spacing)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        with autocast(dev):
+            loss = dm.diffusion_loss(den, sched, prof.diffusion.objective, lat, labels, spacing)
+        backward_step(loss.float(), den, opt, scaler, 0.0)
+    sync()
     out["diffusion_s_per_step"] = (time.perf_counter() - t0) / max(steps, 1)
     out["diffusion_batch"] = b_dm
     out["latent_volumes_per_s"] = b_dm / out["diffusion_s_per_step"]
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if dev.type == "cuda":
-        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["diffusion_peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
 
@@ -102,6 +124,13 @@ def run_child(profile: str, steps: int, batch: int | None) -> dict[str, Any] | s
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", nargs="+", default=["tiny", "cpu", "paper"])
@@ -118,8 +147,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     if args.child:
-        cap = int(args.max_gib * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        import torch
+
+        if not torch.cuda.is_available():  # CUDA reserves far more address space than it uses
+            cap = int(args.max_gib * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         print(json.dumps(measure(args.child, args.steps, args.batch)))
         return
     global MAX_GIB
@@ -145,7 +177,7 @@ def main() -> None:
     record = {
         "benchmark": "generative_training",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores",
+        "machine": _machine(),
         "rows": rows,
     }
     atomic_write_json(args.out / "generative_training.json", record)

@@ -17,6 +17,7 @@ from shared.profiles import Profile
 from shared.volume import Volume
 from site_agent.generative.autoencoder import decode_latents
 from site_agent.generative.diffusion import NULL_CLASS, NUM_TRAIN_TIMESTEPS, ddpm_scheduler
+from site_agent.generative.trainloop import autocast
 
 SAMPLERS = {"rflow": "rflow", "ddpm": "ddpm", "ddim": "ddpm"}  # sampler -> objective it needs
 CLIP = {"t2w": (0.0, 3.0), "hbv": (0.0, 3.0), "adc": (0.0, 1.0)}
@@ -46,11 +47,16 @@ def _guided(model, x, t, labels, spacing, guidance: float) -> torch.Tensor:
     b = x.shape[0]
     tt = torch.full((b,), float(t), device=x.device)
     if guidance == 1.0:
-        return model(x, tt, labels, spacing).float()
+        with autocast(x.device):  # bf16/fp16 on CUDA; the state x stays float32
+            return model(x, tt, labels, spacing).float()
     null = torch.full_like(labels, NULL_CLASS)
-    out = model(
-        torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]), torch.cat([spacing] * 2)
-    ).float()
+    with autocast(x.device):
+        out = model(
+            torch.cat([x, x]),
+            torch.cat([tt, tt]),
+            torch.cat([labels, null]),
+            torch.cat([spacing] * 2),
+        ).float()
     cond, uncond = out[:b], out[b:]
     return uncond + guidance * (cond - uncond)
 
@@ -156,4 +162,5 @@ def decode_scaled(
 ) -> np.ndarray:
     """Undo the per-sequence scale factors and decode each sequence: (B, 3, X, Y, Z)."""
     z = latents / channel_scale.to(latents.device)
-    return decode_latents(autoencoder, z).float().cpu().numpy()
+    with torch.no_grad(), autocast(z.device):
+        return decode_latents(autoencoder, z).float().cpu().numpy()
