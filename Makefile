@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo bench bench-full clean
 
 setup:
 	bash deploy/install.sh
@@ -26,11 +26,16 @@ demo:
 		--masks demo/aurora/masks --workspace demo/site-aurora
 	$(BIN)/site-agent generate --n 8 --workspace demo/site-aurora
 
-# The quick benchmarks; the others need a trained workspace or tens of minutes
-# (benchmarks/README.md lists them all with their commands).
+# Every benchmark, each figure next to its peer, in one run (benchmarks/README.md):
+# `bench` at small sizes (a few minutes on 2 cores), `bench-full` at the documented sizes.
+# Both write benchmarks/results/run-YYYYMMDD-HHMMSS/benchmarks.{json,md}. Workspaces, e.g.
+# make bench-full BENCH_ARGS="--site-workspace WS --coordinator-workspace CWS"
+BENCH_ARGS ?=
 bench:
-	$(BIN)/python -m benchmarks.ingest_vs_picai_prep
-	$(BIN)/python -m benchmarks.generative_training --profiles tiny cpu
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+bench-full:
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf demo .pytest_cache
