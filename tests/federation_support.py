@@ -1,8 +1,17 @@
 """Tiny workspaces for the federation tests: two sites (synthetic cases, site keys, policy
-with a passphrase file) and one target node (external cases)."""
+with a passphrase file) and one target node (external cases); and a loopback deployment
+(SuperLink with TLS and node authentication, SuperNodes) that the deployment tests and the
+overhead benchmark share."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import ssl
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +19,7 @@ import numpy as np
 from shared.case_format import CaseMeta, Label, write_case
 from shared.volume import Volume
 
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 GRID = (24, 24, 12)
 PASSPHRASE = "federation-test-passphrase"
 
@@ -117,3 +127,222 @@ nodes = [
 ]
 """)
     return path
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+class Deployment:
+    """A real SuperLink (TLS, SuperNode authentication, state database) and SuperNodes on
+    loopback, started through ``deploy/*.sh``, each in its own process group. Use it as a
+    context manager: leaving it stops every process group it started (and Flower's detached
+    helpers of each)."""
+
+    def __init__(self, base: Path) -> None:
+        from coordinator.federation.runner import free_port
+
+        self.base = base
+        self.home = base / "flwr-home"
+        self.certs, self.keys = base / "certs", base / "keys"
+        self.port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        self.nodes: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+        from coordinator.federation.runner import flwr_env
+
+        self.logs[name] = self.base / f"{name}.log"
+        p = subprocess.Popen(
+            cmd,
+            env=flwr_env(self.home, env),
+            stdout=open(self.logs[name], "ab"),  # noqa: SIM115 (the child keeps it)
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+        self.procs.append(p)
+        return p
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        from coordinator.federation.runner import flwr_bin, flwr_env
+
+        return subprocess.run(
+            [flwr_bin("flwr"), *args],
+            env=flwr_env(self.home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start_superlink(self) -> None:
+        from coordinator.federation.runner import wait_http, write_connection
+
+        subprocess.run(
+            [str(DEPLOY / "make-certs.sh"), str(self.certs)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        link = self.start(
+            "superlink",
+            [
+                str(DEPLOY / "superlink.sh"),
+                "--certs",
+                str(self.certs),
+                "--state",
+                str(self.base / "state"),
+                "--port",
+                str(self.port),
+            ],
+        )
+        ctx = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+        wait_http(f"https://127.0.0.1:{self.port}/health", 60, link, context=ctx)
+        write_connection(
+            self.home, "tls", self.address, insecure=False, root_certificates=str(self.ca)
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.certs / "ca.crt"
+
+    def make_key(self, name: str, register: bool = True) -> None:
+        subprocess.run(
+            [str(DEPLOY / "supernode.sh"), "--make-key", str(self.keys / name)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        if register:
+            res = self.flwr(
+                "supernode", "register", str(self.keys / f"{name}.pub"), "tls", "--name", name
+            )
+            assert res.returncode == 0, res.stdout + res.stderr
+
+    def start_node(
+        self, name: str, role: str, ws: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        from coordinator.federation.runner import free_port
+
+        p = self.start(
+            name,
+            [
+                str(DEPLOY / "supernode.sh"),
+                "--superlink",
+                self.address,
+                "--ca",
+                str(self.ca),
+                "--key",
+                str(self.keys / name),
+                "--role",
+                role,
+                "--workspace",
+                str(ws),
+                "--port",
+                str(free_port()),
+            ],
+            env,
+        )
+        self.nodes[name] = p
+        return p
+
+    def online(self) -> int:
+        res = self.flwr("supernode", "ls", "tls", "--format", "json")
+        try:
+            nodes = json.loads(res.stdout).get("nodes", [])
+        except ValueError:
+            return 0
+        return sum(1 for n in nodes if n.get("status") == "online")
+
+    def wait_online(self, n: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while self.online() < n and time.monotonic() < deadline:
+            time.sleep(1)
+        assert self.online() == n, {k: v.read_text()[-800:] for k, v in self.logs.items()}
+
+    def fed_toml(
+        self,
+        path: Path,
+        out: Path,
+        rounds: tuple[int, int] = (1, 1),
+        min_sites: int = 1,
+        round_timeout: float = 120,
+    ) -> Path:
+        """A deployment-mode fed.toml against this SuperLink (pretrain, adapt rounds)."""
+        path.write_text(f"""
+[federation]
+out = "{out}"
+mode = "deployment"
+profile = "tiny"
+expected-nodes = 3
+min-sites = {min_sites}
+round-timeout = {round_timeout}
+node-wait-timeout = 60
+
+[pretrain]
+rounds = {rounds[0]}
+local-steps = 2
+batch-size = 4
+
+[adapt]
+rounds = {rounds[1]}
+local-steps = 2
+batch-size = 4
+fraction = 0.5
+split = {{ train = 0.5, val = 0.25, test = 0.25, seed = 0 }}
+
+[deployment]
+superlink = "{self.address}"
+root-certificates = "{self.ca}"
+""")
+        return path
+
+    def crash_node(self, name: str) -> None:
+        """SIGKILL a SuperNode with its process group and Flower's helpers (a power cut: the
+        node sends nothing more, not even a goodbye)."""
+        from coordinator.federation.runner import detached_helpers
+
+        p = self.nodes[name]
+        groups = [p.pid] + [_pgid(h) for h in detached_helpers(p.pid)]
+        for g in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
+                os.killpg(g, signal.SIGKILL)
+        p.wait(timeout=10)
+
+    def stop_node(self, name: str) -> None:
+        """SIGTERM a SuperNode (and its helpers), SIGKILL what is left after a grace period."""
+        from coordinator.federation.runner import stop_group
+
+        stop_group(self.nodes[name], grace=10)
+
+    def stop_all(self) -> None:
+        from coordinator.federation.runner import stop_group
+
+        for p in reversed(self.procs):
+            stop_group(p, grace=5)
+
+    def leftovers(self) -> list[int]:
+        """PIDs of processes still running with this deployment's FLWR_HOME."""
+        needle = f"FLWR_HOME={self.home}".encode()
+        found = []
+        for proc_dir in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if needle in (proc_dir / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc_dir.name))
+        return found
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

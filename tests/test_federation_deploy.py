@@ -1,36 +1,39 @@
 """Deployment on loopback: a real flower-superlink (TLS, SuperNode auth, state database) and
-three flower-supernode processes (two sites, one target) started through deploy/*.sh; a
-two-round federation (1 pretraining + 1 adaptation round) must be recorded as
-finished:completed, and a SuperNode with an unregistered key must be refused. Every process
-group started here is stopped.
+flower-supernode processes (two sites, one target) started through deploy/*.sh, one set of
+processes and certificates for the whole check:
 
-Select it alone with ``pytest tests/test_federation_deploy.py`` (marked ``slow``).
+1. A SuperNode with an unregistered key is refused.
+2. A site node disconnects while round 1 is in flight (SIGTERM once its train handler runs):
+   with ``min-sites = 1`` met by the other site the 2-round federation (1 pretraining +
+   1 adaptation round) is recorded as finished:completed, ``metrics.csv`` names the missing
+   node for round 1, and ``pretrained/`` and ``final/`` are written.
+3. The node is restarted and crashes (SIGKILL) mid-round with ``min-sites = 2``: the run ends
+   within about ``round-timeout`` with a one-line message naming the node, a failed status
+   and no checkpoint.
+
+The node is held in its train handler by the test-only ``PROSTATE_FL_TEST_STALL_TRAIN`` hook
+(``shared/federation/client_app.py``), so it can be killed mid-round. Every process group
+started here is stopped and nothing with the test's FLWR_HOME is left running. Select it with
+``pytest tests/test_federation_deploy.py`` (marked ``slow``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import csv
 import json
 import shutil
-import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from coordinator.federation.runner import (
-    flwr_bin,
-    flwr_env,
-    free_port,
-    stop_group,
-    wait_http,
-    write_connection,
-)
-from tests.federation_support import make_consortium
-
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
+from coordinator.federation.config import load_fed_toml
+from coordinator.federation.runner import RunFailed, run_fed_toml
+from shared.federation.client_app import TEST_STALL_ENV
+from tests.federation_support import Deployment, make_consortium
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,177 +43,113 @@ pytestmark = [
     ),
 ]
 
-
-def _flwr(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [flwr_bin("flwr"), *args],
-        env=flwr_env(home),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+NODES = (("aurora", "site"), ("borealis", "site"), ("target", "target"))
 
 
-def _online(home: Path, conn: str) -> int:
-    res = _flwr(home, "supernode", "ls", conn, "--format", "json")
-    try:
-        nodes = json.loads(res.stdout).get("nodes", [])
-    except ValueError:
-        return 0
-    return sum(1 for n in nodes if n.get("status") == "online")
+class _Background:
+    """``run_fed_toml`` in a thread, so the test can kill a node while a round runs."""
+
+    def __init__(self, cfg: Path) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.ended = 0.0
+        self.thread = threading.Thread(target=self._run, args=(cfg,), daemon=True)
+        self.thread.start()
+
+    def _run(self, cfg: Path) -> None:
+        try:
+            self.result = run_fed_toml(load_fed_toml(cfg), timeout=300)
+        except BaseException as exc:  # handed to the test thread
+            self.error = exc
+        self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the federation run did not end"
 
 
-def test_tls_node_auth_federation_completes_and_unregistered_node_is_refused(tmp_path):
-    from coordinator.federation.config import load_fed_toml
-    from coordinator.federation.runner import run_fed_toml
+def _wait_for_stall(marker: Path, run: _Background, timeout: float = 180) -> float:
+    """Wait until the stalled node's train handler runs (the round is in flight)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert run.thread.is_alive(), f"the run ended before the node stalled: {run.error!r}"
+        assert time.monotonic() < deadline, f"{marker} never appeared"
+        time.sleep(0.2)
+    return time.monotonic()
 
-    home = tmp_path / "flwr-home"
-    certs, keys, state = tmp_path / "certs", tmp_path / "keys", tmp_path / "state"
-    subprocess.run(
-        [str(DEPLOY / "make-certs.sh"), str(certs)], check=True, capture_output=True, timeout=120
-    )
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((out / "metrics.csv").open()))
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_tls_deployment_refuses_intruders_and_survives_a_node_lost_mid_round(tmp_path):
     ws = make_consortium(tmp_path / "ws")
-    port = free_port()
-    procs: list[subprocess.Popen] = []
-    logs: dict[str, Path] = {}
+    stall = {"a": tmp_path / "stall-a", "b": tmp_path / "stall-b"}
+    with Deployment(tmp_path) as dep:
+        dep.start_superlink()
+        for name, role in NODES:
+            dep.make_key(name)
+            env = {TEST_STALL_ENV: str(stall["a"])} if name == "aurora" else None
+            dep.start_node(name, role, ws[name], env)
+        dep.wait_online(3)
+        dep.make_key("intruder", register=False)
+        intruder = dep.start_node("intruder", "site", ws["aurora"])
 
-    def start(name: str, cmd: list[str]) -> subprocess.Popen:
-        logs[name] = tmp_path / f"{name}.log"
-        p = subprocess.Popen(
-            cmd,
-            env=flwr_env(home),
-            stdout=open(logs[name], "wb"),  # noqa: SIM115 (the child keeps it)
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-        procs.append(p)
-        return p
-
-    try:
-        link = start(
-            "superlink",
-            [
-                str(DEPLOY / "superlink.sh"),
-                "--certs",
-                str(certs),
-                "--state",
-                str(state),
-                "--port",
-                str(port),
-            ],
-        )
-        ctx = ssl.create_default_context(cafile=str(certs / "ca.crt"))
-        wait_http(f"https://127.0.0.1:{port}/health", 60, link, context=ctx)
-        write_connection(
-            home,
-            "tls",
-            f"127.0.0.1:{port}",
-            insecure=False,
-            root_certificates=str(certs / "ca.crt"),
-        )
-        nodes = [
-            ("aurora", "site", ws["aurora"]),
-            ("borealis", "site", ws["borealis"]),
-            ("target", "target", ws["target"]),
-        ]
-        for name, _, _ in [*nodes, ("intruder", "", None)]:
-            subprocess.run(
-                [str(DEPLOY / "supernode.sh"), "--make-key", str(keys / name)],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
-        for name, _, _ in nodes:
-            res = _flwr(
-                home, "supernode", "register", str(keys / f"{name}.pub"), "tls", "--name", name
-            )
-            assert res.returncode == 0, res.stdout + res.stderr
-        for name, role, w in nodes:
-            start(
-                name,
-                [
-                    str(DEPLOY / "supernode.sh"),
-                    "--superlink",
-                    f"127.0.0.1:{port}",
-                    "--ca",
-                    str(certs / "ca.crt"),
-                    "--key",
-                    str(keys / name),
-                    "--role",
-                    role,
-                    "--workspace",
-                    str(w),
-                    "--port",
-                    str(free_port()),
-                ],
-            )
-        intruder = start(
-            "intruder",
-            [
-                str(DEPLOY / "supernode.sh"),
-                "--superlink",
-                f"127.0.0.1:{port}",
-                "--ca",
-                str(certs / "ca.crt"),
-                "--key",
-                str(keys / "intruder"),
-                "--role",
-                "site",
-                "--workspace",
-                str(ws["aurora"]),
-                "--port",
-                str(free_port()),
-            ],
-        )
-        deadline = time.monotonic() + 90
-        while _online(home, "tls") < 3 and time.monotonic() < deadline:
-            time.sleep(1)
-        assert _online(home, "tls") == 3, {k: v.read_text()[-800:] for k, v in logs.items()}
-
-        # the unregistered key is refused and its SuperNode gives up
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            intruder.wait(timeout=60)
-        text = logs["intruder"].read_text()
-        assert "Failed to activate" in text or "must be registered" in text, text[-1500:]
-        assert _online(home, "tls") == 3
-
-        out = tmp_path / "out"
-        (tmp_path / "fed.toml").write_text(f"""
-[federation]
-out = "{out}"
-mode = "deployment"
-profile = "tiny"
-expected-nodes = 3
-round-timeout = 120
-node-wait-timeout = 60
-
-[pretrain]
-rounds = 1
-local-steps = 2
-batch-size = 4
-
-[adapt]
-rounds = 1
-local-steps = 2
-batch-size = 4
-fraction = 0.5
-split = {{ train = 0.5, val = 0.25, test = 0.25, seed = 0 }}
-
-[deployment]
-superlink = "127.0.0.1:{port}"
-root-certificates = "{certs / "ca.crt"}"
-""")
-        outcome = run_fed_toml(load_fed_toml(tmp_path / "fed.toml"), timeout=300)
-        assert outcome.status == "finished:completed"
-        runs = json.loads(_flwr(home, "ls", "tls", "--format", "json").stdout)["runs"]
-        assert [r["status"] for r in runs if int(r["run-id"]) == outcome.run_id] == [
+        # (a) aurora disconnects mid-round; borealis alone meets min-sites = 1
+        out = tmp_path / "out-a"
+        run = _Background(dep.fed_toml(tmp_path / "a.toml", out, (1, 1), 1, round_timeout=40))
+        _wait_for_stall(stall["a"], run)
+        dep.stop_node("aurora")
+        run.join(300)
+        assert run.error is None, run.error
+        assert run.result.status == "finished:completed"
+        runs = json.loads(dep.flwr("ls", "tls", "--format", "json").stdout)["runs"]
+        assert [r["status"] for r in runs if int(r["run-id"]) == run.result.run_id] == [
             "finished:completed"
         ]
-        assert (out / "final" / "model.safetensors").is_file()
+        rows = _rows(out)
+        assert [(r["round"], r["phase"], r["accepted"], r["missing"]) for r in rows] == [
+            ("1", "pretrain", "1", "1"),
+            ("2", "adapt", "1", "0"),
+        ]
+        assert "aurora" in rows[0]["missing-nodes"] and not rows[1]["missing-nodes"]
+        (lost,) = _jsonl(out / "rejections.jsonl")
+        assert lost["round"] == 1 and lost["missing"] and "aurora" in lost["node"]
+        for f in ("final/model.safetensors", "pretrained/model.safetensors", "metrics.png"):
+            assert (out / f).is_file(), f
         assert json.loads((out / "state.json").read_text())["last-round"] == 2
-        for name in ("aurora", "borealis"):
-            assert "federation-reply" in (ws[name] / "audit" / "audit.jsonl").read_text()
-    finally:
-        for p in reversed(procs):
-            stop_group(p, grace=5)
-    assert all(p.poll() is not None for p in procs)
+        assert "federation-reply" in (ws["borealis"] / "audit" / "audit.jsonl").read_text()
+
+        # the unregistered key was refused meanwhile and its SuperNode gave up
+        assert intruder.poll() is not None, "the unregistered SuperNode is still running"
+        text = dep.logs["intruder"].read_text()
+        assert "Failed to activate" in text or "must be registered" in text, text[-1500:]
+
+        # (b) aurora back, then it crashes mid-round; min-sites = 2 cannot be met
+        dep.start_node("aurora", "site", ws["aurora"], {TEST_STALL_ENV: str(stall["b"])})
+        dep.wait_online(3)
+        out = tmp_path / "out-b"
+        run = _Background(dep.fed_toml(tmp_path / "b.toml", out, (1, 0), 2, round_timeout=10))
+        stalled = _wait_for_stall(stall["b"], run)
+        dep.crash_node("aurora")
+        run.join(300)
+        assert run.ended - stalled < 10 + 60, "the failing round was not bounded by its timeout"
+        assert isinstance(run.error, RunFailed), run.error
+        message = run.error.message
+        assert "\n" not in message and "finished:failed" in message, message
+        assert "round 1 (pretrain)" in message and "2 needed" in message, message
+        assert "aurora" in message and "no reply within round-timeout 10 s" in message, message
+        assert not (out / "state.json").exists() and not (out / "final").exists()
+        lost = [x for x in _jsonl(out / "rejections.jsonl") if "aurora" in x["node"]]
+        assert [(x["round"], x["missing"]) for x in lost] == [(1, True)]
+        runs = json.loads(dep.flwr("ls", "tls", "--format", "json").stdout)["runs"]
+        assert runs and all(r["status"].startswith("finished") for r in runs)
+    assert all(p.poll() is not None for p in dep.procs)
+    deadline = time.monotonic() + 20  # killed groups are gone at once; give stragglers time
+    while dep.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert dep.leftovers() == [], subprocess.run(["ps", "-f"], capture_output=True, text=True)

@@ -4,7 +4,8 @@
 the round's metrics); ``OUT/state.json`` names the last completed round and the config
 fingerprint. A rerun with the same settings (round counts may grow) continues after the last
 completed round. ``OUT/metrics.csv``, ``OUT/metrics.png``, ``OUT/final/`` and
-``OUT/rejections.jsonl`` are rewritten as rounds complete.
+``OUT/rejections.jsonl`` are rewritten as rounds complete; ``OUT/pretrained/`` holds the global
+model at the end of phase 1 (federated pretraining), in the classifier weights format.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shared.errors import InputError
 from shared.weights import load_weights, save_weights
 
 STATE = "state.json"
+PRETRAINED = "pretrained"
 METRIC_COLUMNS = (
     "round",
     "phase",
@@ -28,12 +30,22 @@ METRIC_COLUMNS = (
     "accepted",
     "rejected",
     "missing",
+    "missing-nodes",
     "train-loss",
     "test-auc",
     "test-ap",
     "test-loss",
     "evaluators",
     "seconds",
+    "train-seconds",
+    "train-compute-max",
+    "eval-seconds",
+    "eval-compute-max",
+    "overhead-seconds",
+    "array-bytes-down",
+    "array-bytes-up",
+    "wire-bytes-down",
+    "wire-bytes-up",
 )
 
 
@@ -46,6 +58,7 @@ class CheckpointStore:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         clean_partials(self.out / "rounds")
+        clean_partials(self.out)  # final/ and pretrained/ are written the same way
 
     def state(self) -> dict[str, Any] | None:
         p = self.out / STATE
@@ -119,6 +132,25 @@ class CheckpointStore:
         for row in rows:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
         atomic_write_text(self.out / "metrics.csv", buf.getvalue())
+
+    def write_pretrained(self, state: dict[str, Any], model_config: dict[str, Any], r: int) -> Path:
+        """Phase 1's global model as a classifier weights folder (safetensors + config)."""
+        rows = [x for x in self.rows() if int(x["round"]) <= r]
+        path = self.out / PRETRAINED
+        save_weights(
+            path,
+            state,
+            model_config | {"phase": "pretrain", "rounds": r, "metrics": rows[-1] if rows else {}},
+        )
+        return path
+
+    def ensure_pretrained(self, r: int, model_config: dict[str, Any]) -> Path:
+        """Write ``pretrained/`` from round ``r``'s checkpoint if an earlier run did not."""
+        path = self.out / PRETRAINED
+        if not (path / "model.safetensors").is_file():
+            state, _ = load_weights(round_dir(self.out, r))
+            self.write_pretrained(state, model_config, r)
+        return path
 
     def write_final(self, state: dict[str, Any], model_config: dict[str, Any]) -> dict[str, Path]:
         rows = self.rows()

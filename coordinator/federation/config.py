@@ -10,8 +10,8 @@
     network = "small-cnn"
     sequences = ["t2w", "hbv", "adc"]
     seed = 0
-    round-timeout = 300          # seconds to wait for one round's replies, never more
-    node-wait-timeout = 120      # seconds to wait for nodes to connect
+    round-timeout = 300          # seconds to wait for each exchange of a round, never more
+    node-wait-timeout = 120      # seconds to wait for nodes to connect and describe themselves
     min-sites = 1                # valid site replies a pretraining round needs
     min-targets = 1              # valid target replies an adaptation round needs
     norm-factor = 10.0           # reject an update whose norm exceeds this x the others' median

@@ -7,11 +7,19 @@
 3. Phase 2, ``adapt-rounds`` rounds: source-free adaptation, the same on the target node(s)
    (fine-tuning on their external fraction; several targets are averaged).
 4. After every round the target node(s) evaluate the new global model on their held-out split;
-   the round's model and metrics are checkpointed; a rerun continues after the last one.
+   the round's model and metrics are checkpointed; a rerun continues after the last one. When
+   phase 1 ends its global model is also written to ``OUT/pretrained/`` (the study's
+   ``kind = "federated"`` condition starts from it).
 
-Every wait is bounded: ``node-wait-timeout`` for nodes to connect, ``round-timeout`` for a
-round's replies. A round with fewer valid replies than its minimum stops the run with a message
-naming what arrived, what was rejected and why (checkpoints so far are kept for resume).
+Every wait is bounded: ``node-wait-timeout`` for nodes to connect, ``round-timeout`` for each
+exchange of a round. A node that disconnects mid-round is recorded as missing for that round
+(``metrics.csv`` column ``missing-nodes``, ``rejections.jsonl``): offline before the round, given
+up by the SuperLink (no heartbeat), or silent until ``round-timeout``. The round goes on with
+the others when they meet its minimum (``min-sites`` / ``min-targets``); otherwise the run stops
+with a one-line message naming what arrived, what was missing or rejected and why
+(checkpoints so far are kept for resume). Each row also records the round's cost: wall time,
+the slowest node's own compute time per exchange (the nodes report it), the overhead between
+them, and the bytes of the arrays and of Flower's serialized messages in both directions.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import numpy as np
 
 from coordinator.federation.checkpoints import CheckpointStore
 from coordinator.federation.config import FederationConfig
+from coordinator.federation.exchange import Exchange, exchange
 from coordinator.federation.validation import validate_replies
 from shared.errors import InputError, ToolkitError
 from shared.federation.records import (
@@ -136,9 +145,12 @@ def discover(grid, cfg: FederationConfig, log=None) -> list[NodeInfo]:
         )
         for n in ids
     ]
-    replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
+    # Describing is part of joining: bounded like the wait for nodes, not like a round.
+    ex = exchange(grid, msgs, cfg.node_wait_timeout, timeout_name="node-wait-timeout")
+    for n, why in ex.missing.items():
+        _say(log, f"node {n} did not describe itself: {why}")
     nodes = []
-    for m in replies:
+    for m in ex.replies:
         src = int(m.metadata.src_node_id)
         if m.has_error():
             _say(log, f"node {src} did not describe itself: {m.error.reason}")
@@ -195,11 +207,138 @@ def _weighted(replies: list, key: str) -> float | None:
     return float(np.average(vals, weights=ws)) if vals else None
 
 
+def _reached(grid, nodes: list[int]) -> tuple[list[int], dict[int, str]]:
+    """The nodes still connected, and why the others are left out of this exchange."""
+    online = set(grid.get_node_ids())
+    gone = {n: "offline before the round (no heartbeat)" for n in nodes if n not in online}
+    return [n for n in nodes if n in online], gone
+
+
+def _costs(train: Exchange, evaluation: Exchange | None, seconds: float) -> dict[str, Any]:
+    """Round wall time, the slowest node's compute time per exchange, what is left over
+    (the federation's overhead) and the bytes moved in both directions."""
+    exchanges = [train] + ([evaluation] if evaluation else [])
+    compute = [ex.compute_max() for ex in exchanges]
+    return {
+        "evaluators": sum(1 for m in evaluation.replies if not m.has_error())
+        if evaluation
+        else None,
+        "seconds": round(seconds, 3),
+        "train-seconds": round(train.seconds, 3),
+        "train-compute-max": compute[0],
+        "eval-seconds": round(evaluation.seconds, 3) if evaluation else None,
+        "eval-compute-max": compute[1] if evaluation else None,
+        "overhead-seconds": round(seconds - sum(c or 0.0 for c in compute), 3),
+        "array-bytes-down": sum(ex.array_bytes_down for ex in exchanges),
+        "array-bytes-up": sum(ex.array_bytes_up for ex in exchanges),
+        "wire-bytes-down": sum(ex.wire_bytes_down for ex in exchanges),
+        "wire-bytes-up": sum(ex.wire_bytes_up for ex in exchanges),
+    }
+
+
+class Federation:
+    """One run's rounds over the discovered nodes: who trains, what is sent, what is kept."""
+
+    def __init__(
+        self,
+        grid,
+        cfg: FederationConfig,
+        nodes: list[NodeInfo],
+        store: CheckpointStore,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        from flwr.serverapp.strategy import FedAvg
+
+        self.grid, self.cfg, self.store, self.log = grid, cfg, store, log
+        self.sites = [n.node_id for n in nodes if n.role == ROLE_SITE]
+        self.targets = [n.node_id for n in nodes if n.role == ROLE_TARGET]
+        self.names = {n.node_id: n.site or n.role for n in nodes}
+        self.strategy = FedAvg(weighted_by_key="num-examples")
+
+    def name(self, node: int) -> str:
+        return f"{self.names.get(node, 'node')} (node {node})"
+
+    def send(self, arrays, config: dict[str, Any], nodes: list[int], kind: str) -> Exchange:
+        """One bounded exchange with the nodes of ``nodes`` that are still connected."""
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        reached, offline = _reached(self.grid, nodes)
+        content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)})
+        msgs = [Message(content, dst_node_id=n, message_type=kind) for n in reached]
+        return exchange(self.grid, msgs, self.cfg.round_timeout, offline)
+
+    def run_round(
+        self, r: int, phase: str, state: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Train on the phase's nodes, check and average their replies (every rejection and
+        missing reply is logged), evaluate on the target node(s). Returns (new state, metrics
+        row); raises ``FederationError`` when fewer valid replies than the minimum arrive."""
+        from flwr.app import ArrayRecord
+
+        cfg, t0 = self.cfg, time.monotonic()
+        trainers = self.sites if phase == "pretrain" else self.targets
+        minimum = cfg.min_sites if phase == "pretrain" else cfg.min_targets
+        arrays = ArrayRecord(state)
+        reference = {k: v.numpy() for k, v in arrays.items()}
+        ex = self.send(arrays, _request(cfg, phase, r), trainers, MSG_TRAIN)
+        accepted, rejected, _ = validate_replies(ex.replies, reference, cfg.norm_factor)
+        rej = [x.to_json() | {"node": self.name(x.node_id)} for x in rejected] + [
+            {"node-id": n, "node": self.name(n), "reason": why, "missing": True}
+            for n, why in sorted(ex.missing.items())
+        ]
+        self.store.append_rejections(r, rej)
+        for x in rej:
+            _say(self.log, f"round {r}: no usable reply from {x['node']}: {x['reason']}")
+        if len(accepted) < minimum:
+            raise FederationError(
+                f"round {r} ({phase}): {len(accepted)} valid repl(ies) of {len(trainers)} "
+                f"node(s), {minimum} needed; "
+                + "; ".join(f"{x['node']}: {x['reason']}" for x in rej),
+                hint="checkpoints up to the previous round are kept; rerun to continue",
+            )
+        new_arrays, _ = self.strategy.aggregate_train(r, accepted)
+        assert new_arrays is not None
+        row: dict[str, Any] = {
+            "round": r,
+            "phase": phase,
+            "trainers": len(trainers),
+            "accepted": len(accepted),
+            "rejected": len(rejected),
+            "missing": len(ex.missing),
+            "missing-nodes": "; ".join(self.name(n) for n in sorted(ex.missing)),
+            "train-loss": _weighted(accepted, "train-loss"),
+        }
+        evaluation = self.evaluate(r, new_arrays)
+        if evaluation:
+            ok = [m for m in evaluation.replies if not m.has_error()]
+            row |= {k: _weighted(ok, k) for k in ("test-auc", "test-ap", "test-loss")}
+        row |= _costs(ex, evaluation, time.monotonic() - t0)
+        return new_arrays.to_torch_state_dict(), row
+
+    def evaluate(self, r: int, arrays) -> Exchange | None:
+        """Score the new global model on the target node(s)' held-out split."""
+        if not self.targets:
+            return None
+        ex = self.send(arrays, _request(self.cfg, "adapt", r), self.targets, MSG_EVALUATE)
+        for n, why in ex.missing.items():
+            _say(self.log, f"round {r}: no evaluation from {self.name(n)}: {why}")
+        for m in ex.replies:
+            if m.has_error():
+                node = self.name(int(m.metadata.src_node_id))
+                _say(self.log, f"round {r}: evaluation failed on {node}: {m.error.reason}")
+        return ex
+
+
+def _describe_row(row: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in row.items()
+        if k not in ("round", "phase") and v not in (None, "")
+    )
+
+
 def run_federation(grid, cfg: FederationConfig, log: Callable[[str], None] | None = None) -> dict:
     """Run (or continue) the federation; return a summary with output paths."""
-    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-    from flwr.serverapp.strategy import FedAvg
-
     store = CheckpointStore(Path(cfg.out_dir))
     phases = [cfg.phase_of(r) for r in range(1, cfg.total_rounds + 1)]
     fp = cfg.fingerprint()
@@ -210,85 +349,28 @@ def run_federation(grid, cfg: FederationConfig, log: Callable[[str], None] | Non
         last, state = resumed
         start = last + 1
         _say(log, f"resuming after round {last} of {cfg.total_rounds}")
+        if 0 < cfg.pretrain_rounds <= last:  # phase 1 finished in an earlier run
+            store.ensure_pretrained(cfg.pretrain_rounds, model_cfg)
     if start > cfg.total_rounds:
         paths = store.write_final(state, model_cfg)
         return {"rounds": cfg.total_rounds, "resumed-from": start - 1, "ran": 0} | paths
     nodes = discover(grid, cfg, log)
-    sites = [n.node_id for n in nodes if n.role == ROLE_SITE]
-    targets = [n.node_id for n in nodes if n.role == ROLE_TARGET]
-    if cfg.pretrain_rounds >= start and len(sites) < cfg.min_sites:
-        raise FederationError(f"{len(sites)} site node(s) answered, {cfg.min_sites} needed")
-    if len(targets) < cfg.min_targets and (cfg.adapt_rounds > 0):
-        raise FederationError(f"{len(targets)} target node(s) answered, {cfg.min_targets} needed")
-    strategy = FedAvg(weighted_by_key="num-examples")
+    fed = Federation(grid, cfg, nodes, store, log)
+    if cfg.pretrain_rounds >= start and len(fed.sites) < cfg.min_sites:
+        raise FederationError(f"{len(fed.sites)} site node(s) answered, {cfg.min_sites} needed")
+    if len(fed.targets) < cfg.min_targets and (cfg.adapt_rounds > 0):
+        raise FederationError(
+            f"{len(fed.targets)} target node(s) answered, {cfg.min_targets} needed"
+        )
     ran = 0
     for r in range(start, cfg.total_rounds + 1):
-        t0 = time.monotonic()
         phase = phases[r - 1]
-        trainers = sites if phase == "pretrain" else targets
-        minimum = cfg.min_sites if phase == "pretrain" else cfg.min_targets
-        arrays = ArrayRecord(state)
-        reference = {k: v.numpy() for k, v in arrays.items()}
-        content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(_request(cfg, phase, r))})
-        msgs = [Message(content, dst_node_id=n, message_type=MSG_TRAIN) for n in trainers]
-        replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
-        answered = {int(m.metadata.src_node_id) for m in replies}
-        missing = sorted(set(trainers) - answered)
-        accepted, rejected, _ = validate_replies(replies, reference, cfg.norm_factor)
-        rej = [x.to_json() for x in rejected] + [
-            {"node-id": n, "reason": f"no reply within round-timeout {cfg.round_timeout:g} s"}
-            for n in missing
-        ]
-        store.append_rejections(r, rej)
-        for x in rej:
-            _say(log, f"round {r}: rejected node {x['node-id']}: {x['reason']}")
-        if len(accepted) < minimum:
-            raise FederationError(
-                f"round {r} ({phase}): {len(accepted)} valid repl(ies) of {len(trainers)} "
-                f"node(s), {minimum} needed; rejected: "
-                + ("; ".join(f"node {x['node-id']}: {x['reason']}" for x in rej) or "none"),
-                hint="checkpoints up to the previous round are kept; rerun to continue",
-            )
-        new_arrays, _ = strategy.aggregate_train(r, accepted)
-        assert new_arrays is not None
-        state = new_arrays.to_torch_state_dict()
-        row: dict[str, Any] = {
-            "round": r,
-            "phase": phase,
-            "trainers": len(trainers),
-            "accepted": len(accepted),
-            "rejected": len(rejected),
-            "missing": len(missing),
-            "train-loss": _weighted(accepted, "train-loss"),
-        }
-        if targets:
-            ev_content = RecordDict(
-                {ARRAYS: new_arrays, CONFIG: ConfigRecord(_request(cfg, "adapt", r))}
-            )
-            ev = [Message(ev_content, dst_node_id=n, message_type=MSG_EVALUATE) for n in targets]
-            ev_replies = list(grid.send_and_receive(ev, timeout=cfg.round_timeout))
-            ok = [m for m in ev_replies if not m.has_error()]
-            for m in ev_replies:
-                if m.has_error():
-                    _say(
-                        log,
-                        f"round {r}: evaluation failed on node "
-                        f"{m.metadata.src_node_id}: {m.error.reason}",
-                    )
-            row |= {k: _weighted(ok, k) for k in ("test-auc", "test-ap", "test-loss")}
-            row["evaluators"] = len(ok)
-        row["seconds"] = round(time.monotonic() - t0, 2)
+        state, row = fed.run_round(r, phase, state)
         store.save_round(r, phase, state, row, model_cfg, fp)
+        if r == cfg.pretrain_rounds:
+            store.write_pretrained(state, model_cfg, r)
         ran += 1
-        _say(
-            log,
-            f"round {r}/{cfg.total_rounds} ({phase}) done: "
-            + ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in row.items()
-                if k not in ("round", "phase")
-            ),
-        )
+        _say(log, f"round {r}/{cfg.total_rounds} ({phase}) done: {_describe_row(row)}")
         if cfg.stop_after_round and r >= cfg.stop_after_round and r < cfg.total_rounds:
             _say(log, f"stopping after round {r} as configured (rerun to continue)")
             return {"rounds": r, "resumed-from": start - 1, "ran": ran, "stopped": True}

@@ -30,6 +30,7 @@ from coordinator.federation.config import FederationConfig, FedToml
 from shared.errors import InputError, ToolkitError
 
 COMPLETED = "finished:completed"
+SERVERAPP_PREFIX = "ServerApp failed with exception:"  # flwr 1.42's status details
 
 
 class RunFailed(ToolkitError):
@@ -319,7 +320,13 @@ def run_fed_toml(
     (out / "flower-run.log").write_text(outcome.log)
     if outcome.status != COMPLETED:
         raise RunFailed(
-            f"run {outcome.run_id} ended {outcome.status}: {outcome.details or 'see log'}",
+            f"run {outcome.run_id} ended {outcome.status}: {failure_reason(outcome.details)}",
             hint=f"full log in {out / 'flower-run.log'}; rerun to resume from the last round",
         )
     return outcome
+
+
+def failure_reason(details: str) -> str:
+    """Flower's status details as one line, without its own prefix for ServerApp errors."""
+    text = " ".join(details.split()) or "see log"
+    return text.removeprefix(SERVERAPP_PREFIX).strip()

@@ -83,20 +83,10 @@ def _data(node: NodeIdentity, config: dict[str, Any], sequences: list[str]):
 
 
 def handle(kind: str, msg, context, node: NodeIdentity):
-    import torch  # noqa: F401  (Flower's torch conversions need it imported)
-    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-
-    from coordinator.study.splits import fraction_subsets
-    from shared.federation.local import (
-        arrays_digest,
-        evaluate_local,
-        request_train_config,
-        requested_sequences,
-        train_local,
-    )
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
     policy = load_policy(node.workspace, ROLE_TARGET)
-    if kind == MSG_DESCRIBE:
+    if kind == MSG_DESCRIBE:  # answered without torch: a fresh process per message
         n = len(list((node.workspace / EXTERNAL).glob("*/case.json")))
         info = {"role": ROLE_TARGET, "site": str(node.options.get("site", "target"))}
         content = RecordDict(
@@ -108,6 +98,23 @@ def handle(kind: str, msg, context, node: NodeIdentity):
         return content, {"returned": "description", "cases": n}
     if kind not in (MSG_TRAIN, MSG_EVALUATE):
         raise PolicyRefusal(f"message type {msg.metadata.message_type!r} is not served")
+    return _work(kind, msg, node, policy)
+
+
+def _work(kind: str, msg, node: NodeIdentity, policy):
+    """Train or evaluate request: check it against the policy, then fine-tune or score."""
+    import torch  # noqa: F401  (Flower's torch conversions need it imported)
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+    from coordinator.study.splits import fraction_subsets
+    from shared.federation.local import (
+        arrays_digest,
+        evaluate_local,
+        request_train_config,
+        requested_sequences,
+        train_local,
+    )
+
     config = dict(msg.content.config_records.get(CONFIG, {}))
     steps_cfg = config if kind == MSG_TRAIN else config | {"local-steps": 1}
     req = check_request(policy, steps_cfg, default_data="external")

@@ -7,15 +7,22 @@ checked against the node's own policy (``WORKSPACE/federation/policy.toml``) bef
 read, and every reply and every refusal is appended to the node's audit log; a node that cannot
 write its audit log answers nothing but an error.
 
-Flower starts this module anew for each message: imports stay light until a handler runs.
+Flower starts this module anew for each message: imports stay light until a handler runs
+(torch is imported only for train and evaluate requests, before the node's compute clock
+starts). Every reply's ``metrics`` record carries ``compute-seconds``: the node's own work on
+the request (reading its cases, training or evaluating), so the coordinator can tell the
+federation's overhead from local compute.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import os
 import sys
+import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message
@@ -24,7 +31,14 @@ from flwr.clientapp import ClientApp
 from shared.errors import ToolkitError
 from shared.federation.node import resolve_node
 from shared.federation.policy import PolicyRefusal
-from shared.federation.records import K_PHASE, K_ROUND, MSG_DESCRIBE, MSG_EVALUATE, MSG_TRAIN
+from shared.federation.records import (
+    K_PHASE,
+    K_ROUND,
+    METRICS,
+    MSG_DESCRIBE,
+    MSG_EVALUATE,
+    MSG_TRAIN,
+)
 
 ROLE_MODULES = {
     "site": "site_agent.federation.site_role",
@@ -36,6 +50,13 @@ CODE_NODE_ERROR = 4000
 CODE_NO_AUDIT = 4031
 
 KNOWN_TYPES = (MSG_TRAIN, MSG_EVALUATE, MSG_DESCRIBE)
+COMPUTE_SECONDS = "compute-seconds"
+
+# Test-only fault hook, off unless the SuperNode's own environment names a marker file: a train
+# request then writes the file and stalls, so a fault test can kill the node while a round is
+# in flight (tests/test_federation_deploy.py). Nothing a server sends can switch it on.
+TEST_STALL_ENV = "PROSTATE_FL_TEST_STALL_TRAIN"
+TEST_STALL_SECONDS = 120.0
 
 
 class PolicyClientApp(ClientApp):
@@ -73,6 +94,25 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _test_stall(kind: str) -> None:
+    marker = os.environ.get(TEST_STALL_ENV, "")
+    if kind == MSG_TRAIN and marker:
+        Path(marker).write_text(f"{os.getpid()}\n")
+        time.sleep(TEST_STALL_SECONDS)
+
+
+def _timed(role, kind: str, msg: Message, context: Context, node) -> tuple[Any, dict[str, Any]]:
+    """Run the role's handler; add its duration to the reply's metrics as compute-seconds."""
+    if kind in (MSG_TRAIN, MSG_EVALUATE):
+        import torch  # noqa: F401  (start-up cost, not compute: both roles train with it)
+    t0 = time.perf_counter()
+    content, details = role.handle(kind, msg, context, node)
+    metrics = content.metric_records.get(METRICS)
+    if metrics is not None:
+        metrics[COMPUTE_SECONDS] = round(time.perf_counter() - t0, 4)
+    return content, details
+
+
 def handle(kind: str, msg: Message, context: Context) -> Message:
     """Resolve the node, check the policy, run the role's handler, audit, reply."""
     try:
@@ -90,7 +130,8 @@ def handle(kind: str, msg: Message, context: Context) -> Message:
 
     summary = _request_summary(msg, context)
     try:
-        content, details = role.handle(kind, msg, context, node)
+        _test_stall(kind)
+        content, details = _timed(role, kind, msg, context, node)
     except PolicyRefusal as exc:
         audit("federation-refused", summary | {"reason": exc.message})
         return Message(

@@ -1,0 +1,116 @@
+"""One bounded request/reply exchange with a set of nodes, and what it cost.
+
+Flower's ``grid.send_and_receive`` returns whatever arrived before its timeout but cannot say
+which node a SuperLink-generated reply stands for (a node that stopped sending heartbeats is
+answered by the SuperLink itself, from node id 1). Here every reply is matched to its request
+by message id, so each node ends up either with its own reply or in ``missing`` with the
+reason: offline before the round, unavailable (the SuperLink gave up on it), or silent until
+the timeout. The wait never exceeds ``timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+# Flower error codes (flwr.common.constant.ErrorCode) the SuperLink, not the node, answers with.
+NODE_UNAVAILABLE = 5
+POLL_SECONDS = 1.0  # how often replies are pulled (Flower's own loop sleeps 3 s)
+
+
+@dataclass
+class Exchange:
+    replies: list  # the nodes' own replies (errors from a node's ClientApp included)
+    missing: dict[int, str] = field(default_factory=dict)  # node id -> why no reply came
+    seconds: float = 0.0
+    array_bytes_down: int = 0  # ArrayRecord payloads sent to nodes
+    array_bytes_up: int = 0  # ArrayRecord payloads in the replies
+    wire_bytes_down: int = 0  # Flower's serialized message objects sent (per node)
+    wire_bytes_up: int = 0  # ... and received
+
+    def compute_max(self) -> float | None:
+        """The slowest node's own compute seconds (as it reports them), if any reported."""
+        vals = [_compute_seconds(m) for m in self.replies]
+        vals = [v for v in vals if v is not None]
+        return max(vals) if vals else None
+
+
+def _compute_seconds(msg) -> float | None:
+    if msg.has_error():
+        return None
+    met = msg.content.metric_records.get("metrics", {})
+    v = met.get("compute-seconds")
+    return float(v) if isinstance(v, int | float) else None
+
+
+def array_bytes(msg) -> int:
+    """Bytes of the array payloads a message carries (what the model costs on the wire)."""
+    if msg.has_error() or not msg.has_content():
+        return 0
+    return sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values())
+
+
+def wire_bytes(msg) -> int:
+    """Bytes of every serialized Flower object of a message (the message, its records, arrays
+    and array chunks): what one node pushes or pulls, without HTTP/TLS framing."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(o.deflate()) for o in get_all_nested_objects(msg).values())
+
+
+def exchange(
+    grid,
+    msgs: list,
+    timeout: float,
+    offline: dict[int, str] | None = None,
+    timeout_name: str = "round-timeout",
+) -> Exchange:
+    """Send ``msgs`` and collect replies until each node answered or ``timeout`` passed.
+
+    ``offline`` lists nodes left out before sending (recorded as missing, never waited for);
+    ``timeout_name`` is the setting named when a node stays silent.
+    """
+    t0 = time.monotonic()
+    ex = Exchange(replies=[], missing=dict(offline or {}))
+    if not msgs:
+        return ex
+    sizes = {id(m.content): (array_bytes(m), wire_bytes(m)) for m in msgs}
+    pushed = set(grid.push_messages(msgs))
+    dst: dict[str, int] = {}
+    for m in msgs:
+        node = int(m.metadata.dst_node_id)
+        if m.metadata.message_id in pushed:
+            dst[m.metadata.message_id] = node
+            ex.array_bytes_down += sizes[id(m.content)][0]
+            ex.wire_bytes_down += sizes[id(m.content)][1]
+        else:
+            ex.missing[node] = "the request could not be sent"
+    pending = set(dst)
+    deadline = t0 + timeout
+    while pending:
+        for reply in grid.pull_messages(pending):
+            mid = reply.metadata.reply_to_message_id
+            if mid in pending:
+                pending.discard(mid)
+                _collect(ex, dst[mid], reply)
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(POLL_SECONDS, left))
+    for mid in pending:
+        ex.missing[dst[mid]] = f"no reply within {timeout_name} {timeout:g} s"
+    ex.seconds = time.monotonic() - t0
+    return ex
+
+
+def _collect(ex: Exchange, node: int, reply: Any) -> None:
+    if reply.has_error() and int(reply.metadata.src_node_id) != node:
+        if reply.error.code == NODE_UNAVAILABLE:
+            ex.missing[node] = "node unavailable (it stopped sending heartbeats)"
+        else:
+            ex.missing[node] = f"no reply: {reply.error.reason}"
+        return
+    ex.replies.append(reply)
+    ex.array_bytes_up += array_bytes(reply)
+    ex.wire_bytes_up += wire_bytes(reply)
