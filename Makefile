@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint format demo bench bench-full clean
+.PHONY: setup test lint format demo demo-full bench bench-full clean
 
 setup:
 	bash deploy/install.sh
@@ -18,13 +18,13 @@ format:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# A small phantom hospital, end to end on site (tiny profile, about a minute on 2 cores).
-# Phantom data checks the machinery, not clinical truth.
+# The whole consortium on phantom data (tiny profile, about 5 minutes on 2 cores; `demo-full`
+# runs the cpu profile, about 30). Phantom data checks the machinery, not clinical truth.
 demo:
-	$(BIN)/site-agent phantom --out demo/aurora --cases 16 --institution aurora
-	$(BIN)/site-agent train --dicom-dir demo/aurora/dicom --labels demo/aurora/labels.csv \
-		--masks demo/aurora/masks --workspace demo/site-aurora
-	$(BIN)/site-agent generate --n 8 --workspace demo/site-aurora
+	$(BIN)/coordinator demo --quick --workspace demo-quick
+
+demo-full:
+	$(BIN)/coordinator demo --workspace demo-full
 
 # Every benchmark, each figure next to its peer, in one run (benchmarks/README.md):
 # `bench` at small sizes (a few minutes on 2 cores), `bench-full` at the documented sizes.
@@ -38,4 +38,4 @@ bench-full:
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf demo .pytest_cache
+	rm -rf demo-quick demo-full .pytest_cache

@@ -73,7 +73,11 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("sampling_speed", quick=("--n", "8"), workspace="site_workspace"),
     Spec("federation_overhead", quick=()),
-    Spec("study_grid", quick=(), workspace="coordinator_workspace"),
+    Spec(
+        "study_grid",
+        quick=("--seeds", "2", "--seeds-large", "1"),
+        workspace="coordinator_workspace",
+    ),
     Spec("phantom_calibration", quick=None),
 )
 

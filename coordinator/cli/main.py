@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from coordinator.cli import bundle_commands, federate_command, study_command
+from coordinator.cli import bundle_commands, demo_command, federate_command, study_command
 from shared.cli_support import err, handle_errors, make_app, print_json, progress_bar
 from shared.errors import EXIT_CODES_HELP, InputError, NothingProducedError
 
@@ -98,6 +98,7 @@ def ingest(
 
 app.command("study")(study_command.study)
 app.command("federate")(federate_command.federate)
+app.command("demo")(demo_command.demo)
 bundle_commands.register(app)
 
 

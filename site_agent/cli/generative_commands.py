@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shared.cli_support import err, handle_errors, out, print_json
+
+if TYPE_CHECKING:
+    from shared.profiles import Profile
 
 STAGE_NAMES = {
     "autoencoder": "autoencoder",
@@ -65,6 +68,21 @@ def stage_progress(enabled: bool) -> Iterator[object]:
 
 
 @handle_errors
+def with_steps(prof: Profile, autoencoder: int | None, diffusion: int | None) -> Profile:
+    """The profile with its training lengths overridden (None keeps the profile's)."""
+    import dataclasses
+
+    if autoencoder:
+        prof = dataclasses.replace(
+            prof, autoencoder=dataclasses.replace(prof.autoencoder, steps=autoencoder)
+        )
+    if diffusion:
+        prof = dataclasses.replace(
+            prof, diffusion=dataclasses.replace(prof.diffusion, train_steps=diffusion)
+        )
+    return prof
+
+
 def train(
     dicom_dir: Annotated[
         Path | None,
@@ -88,6 +106,16 @@ def train(
     ] = None,
     masks: Annotated[Path | None, typer.Option("--masks", help="See ingest --help.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    autoencoder_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--autoencoder-steps", min=1, help="Override the profile's autoencoder steps."
+        ),
+    ] = None,
+    diffusion_steps: Annotated[
+        int | None,
+        typer.Option("--diffusion-steps", min=1, help="Override the profile's diffusion steps."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Ingest (if --dicom-dir), then train the autoencoder and the label-conditioned latent
@@ -97,7 +125,7 @@ def train(
     from shared.profiles import get_profile
     from site_agent.generative.pipeline import model_dir, train_generative
 
-    prof = get_profile(profile)
+    prof = with_steps(get_profile(profile), autoencoder_steps, diffusion_steps)
     if dicom_dir is not None:
         import os
 

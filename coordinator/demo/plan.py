@@ -1,0 +1,132 @@
+"""What the demo consortium is: its sites, sizes, training lengths and study grid.
+
+Two plans: ``quick`` (the ``tiny`` profile, within 5 minutes on 2 cores, what CI runs) and
+``full`` (the ``cpu`` profile, within 30). The sizes are chosen so every step has enough cases
+for its minimums (the external split's smallest fraction keeps both classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    name: str  # the site id printed on its bundles
+    institution: str  # phantom preset (vendor, field strength, export style)
+    cases: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    name: str
+    profile: str
+    sites: tuple[SitePlan, ...]
+    external_cases: int
+    synthetic_cases: int  # exported by each site
+    autoencoder_steps: int | None  # None: the profile's
+    diffusion_steps: int | None
+    site_pretrain_steps: int | None  # the real-source and reconstructed-source weights
+    study_fractions: tuple[float, ...]
+    study_seeds: int  # paired seeds at the small fractions
+    study_seeds_large: int
+    study_pretrain_steps: int
+    study_finetune_steps: int
+    fed_pretrain_rounds: int
+    fed_adapt_rounds: int
+    fed_local_steps: int
+    fed_adapt_fraction: float
+    budget_minutes: int
+    expected_seconds: dict[str, float] = field(default_factory=dict)  # per step kind, for ETA
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SITES = (
+    SitePlan("aurora", "aurora", 0, 1),  # Siemens 3T
+    SitePlan("borealis", "borealis", 0, 2),  # GE 1.5T
+)
+
+
+def _sites(cases: int) -> tuple[SitePlan, ...]:
+    return tuple(SitePlan(s.name, s.institution, cases, s.seed) for s in SITES)
+
+
+QUICK = DemoPlan(
+    name="quick",
+    profile="tiny",
+    sites=_sites(20),
+    external_cases=80,
+    synthetic_cases=20,
+    autoencoder_steps=None,
+    diffusion_steps=None,
+    site_pretrain_steps=None,
+    study_fractions=(0.25, 0.5, 1.0),
+    study_seeds=2,
+    study_seeds_large=2,
+    study_pretrain_steps=30,
+    study_finetune_steps=20,
+    fed_pretrain_rounds=2,
+    fed_adapt_rounds=2,
+    fed_local_steps=5,
+    fed_adapt_fraction=0.5,
+    budget_minutes=5,
+    expected_seconds={
+        "phantom-site": 16,
+        "phantom-external": 50,
+        "keys": 2,
+        "train": 10,
+        "export-synthetic": 18,
+        "pretrain": 8,
+        "export-weights": 4,
+        "audit": 2,
+        "ingest-external": 10,
+        "trust": 2,
+        "import": 3,
+        "federate": 40,
+        "study": 60,
+        "checks": 5,
+    },
+)
+
+FULL = DemoPlan(
+    name="full",
+    profile="cpu",
+    sites=_sites(48),
+    external_cases=160,
+    synthetic_cases=48,
+    autoencoder_steps=500,
+    diffusion_steps=600,
+    site_pretrain_steps=300,
+    study_fractions=(0.125, 0.5, 1.0),
+    study_seeds=3,
+    study_seeds_large=2,
+    study_pretrain_steps=300,
+    study_finetune_steps=150,
+    fed_pretrain_rounds=3,
+    fed_adapt_rounds=2,
+    fed_local_steps=30,
+    fed_adapt_fraction=0.5,
+    budget_minutes=30,
+    expected_seconds={
+        "phantom-site": 60,
+        "phantom-external": 200,
+        "keys": 2,
+        "train": 330,
+        "export-synthetic": 60,
+        "pretrain": 60,
+        "export-weights": 5,
+        "audit": 2,
+        "ingest-external": 40,
+        "trust": 2,
+        "import": 8,
+        "federate": 150,
+        "study": 360,
+        "checks": 10,
+    },
+)
+
+PLANS = {"quick": QUICK, "full": FULL}

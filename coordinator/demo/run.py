@@ -1,0 +1,300 @@
+"""``coordinator demo``: the whole consortium on phantom data, step by step.
+
+Layout of the demo workspace::
+
+    phantom/<site>/, phantom/external/    the generated hospitals (DICOM, labels, masks)
+    sites/<site>/                         each hospital's site-agent workspace (keys, models,
+                                          synthetic cases, exports/, audit log)
+    coordinator/                          the coordinator's workspace: trust store, imports/,
+                                          cases/external, fed.toml, fed-out/, study.toml, study/
+    logs/<step>.log                       every command's output
+    demo-state.json                       finished steps (a rerun continues after them)
+    DEMO.md, demo-summary.json            what ran, the results and where everything is
+
+Every step runs the real command-line tool in its own process: what a hospital's IT or the
+coordinator would type. Phantom data checks the machinery, not clinical truth.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.demo.configs import write_fed_toml, write_study_toml
+from coordinator.demo.plan import DemoPlan
+from coordinator.demo.steps import DemoState, Runner, StepFailed, tool
+from shared.atomic import atomic_write_text
+from site_agent.export.keys import PASSPHRASE_ENV
+
+SITE = tool("site-agent")
+COORD = tool("coordinator")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: str  # key into DemoPlan.expected_seconds (for the ETA)
+    action: Callable[[], dict[str, Any] | None]
+
+
+class Demo:
+    def __init__(self, plan: DemoPlan, workspace: Path) -> None:
+        self.plan = plan
+        self.ws = workspace.resolve()
+        self.ws.mkdir(parents=True, exist_ok=True)
+        self.state = DemoState(self.ws, plan.record())
+        self.coord = self.ws / "coordinator"
+        self.sites = {s.name: self.ws / "sites" / s.name for s in plan.sites}
+        self.runner = Runner(self.ws, {PASSPHRASE_ENV: self._passphrase()})
+
+    def _passphrase(self) -> str:
+        """The demo sites' key passphrase: random, kept (owner-only) in the demo workspace so a
+        rerun can continue. A real site keeps its passphrase out of the workspace."""
+        path = self.ws / ".demo-key-passphrase"
+        if not path.is_file():
+            atomic_write_text(path, secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    # -- the steps ------------------------------------------------------------------------
+    def steps(self) -> list[Step]:
+        p = self.plan
+        out: list[Step] = []
+        for s in p.sites:
+            out.append(Step(f"phantom-{s.name}", "phantom-site", self._phantom(s.name, s)))
+        out.append(Step("phantom-external", "phantom-external", self._phantom_external))
+        for s in p.sites:
+            out += [
+                Step(f"keys-{s.name}", "keys", self._keys(s.name)),
+                Step(f"train-{s.name}", "train", self._train(s.name)),
+                Step(f"export-synthetic-{s.name}", "export-synthetic", self._export_syn(s.name)),
+            ]
+        src = p.sites[0].name  # the single source site of the paper's conditions
+        for source in ("real", "reconstructed"):
+            out.append(Step(f"pretrain-{source}-{src}", "pretrain", self._pretrain(src, source)))
+            out.append(
+                Step(
+                    f"export-weights-{source}-{src}", "export-weights", self._export_w(src, source)
+                )
+            )
+        out += [Step(f"audit-{s.name}", "audit", self._audit(s.name)) for s in p.sites]
+        out += [
+            Step("ingest-external", "ingest-external", self._ingest_external),
+            Step("trust", "trust", self._trust),
+            Step("import", "import", self._import),
+            Step("federate", "federate", self._federate),
+            Step("study", "study", self._study),
+        ]
+        return out
+
+    def _phantom(self, name: str, s: Any) -> Callable[[], None]:
+        def act() -> None:
+            self.runner.run(
+                f"phantom-{name}",
+                [*SITE, "phantom", "--out", str(self.ws / "phantom" / name), "--cases",
+                 str(s.cases), "--institution", s.institution, "--seed", str(s.seed),
+                 "--profile", self.plan.profile],
+            )  # fmt: skip
+
+        return act
+
+    def _phantom_external(self) -> None:
+        self.runner.run(
+            "phantom-external",
+            [*SITE, "phantom", "--out", str(self.ws / "phantom" / "external"), "--cases",
+             str(self.plan.external_cases), "--institution", "external", "--seed", "3",
+             "--profile", self.plan.profile],
+        )  # fmt: skip
+
+    def _keys(self, name: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            ws = self.sites[name]
+            if not (ws / "keys" / "site-key.pub").is_file():
+                self.runner.run(
+                    f"keys-{name}", [*SITE, "keys", "init", "--site", name, "-w", str(ws)]
+                )
+            return {"public_key": str(ws / "keys" / "site-key.pub")}
+
+        return act
+
+    def _train(self, name: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            ph = self.ws / "phantom" / name
+            cmd = [*SITE, "train", "--dicom-dir", str(ph / "dicom"), "--labels",
+                   str(ph / "labels.csv"), "--masks", str(ph / "masks"), "-w",
+                   str(self.sites[name]), "--profile", self.plan.profile, "--json"]  # fmt: skip
+            if self.plan.autoencoder_steps:
+                cmd += ["--autoencoder-steps", str(self.plan.autoencoder_steps)]
+            if self.plan.diffusion_steps:
+                cmd += ["--diffusion-steps", str(self.plan.diffusion_steps)]
+            summary = self.runner.run(f"train-{name}", cmd, want_json=True)
+            return {
+                "cases": summary.get("cases", {}),
+                "fidelity": summary.get("fidelity", {}).get("summary", ""),
+                "seconds": summary.get("seconds", {}),
+            }
+
+        return act
+
+    def _export_syn(self, name: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            res = self.runner.run(
+                f"export-synthetic-{name}",
+                [*SITE, "export", "synthetic", "--n", str(self.plan.synthetic_cases), "-w",
+                 str(self.sites[name]), "--dicom-dir", str(self.ws / "phantom" / name / "dicom"),
+                 "--json"],
+                want_json=True,
+            )  # fmt: skip
+            return {"bundle": _abs(res["bundle"]), "screen": _screen(res)}
+
+        return act
+
+    def _pretrain(self, name: str, source: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            cmd = [*SITE, "pretrain", "-w", str(self.sites[name]), "--source", source,
+                   "--profile", self.plan.profile, "--json"]  # fmt: skip
+            if self.plan.site_pretrain_steps:
+                cmd += ["--steps", str(self.plan.site_pretrain_steps)]
+            res = self.runner.run(f"pretrain-{source}-{name}", cmd, want_json=True)
+            model = self.sites[name] / "models" / f"classifier-{source}-bpmri"
+            return {
+                "model": str(model),
+                "cases": res.get("cases"),
+                "best_step": res.get("best_step"),
+            }
+
+        return act
+
+    def _export_w(self, name: str, source: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            model = self.state.output(f"pretrain-{source}-{name}")["model"]
+            res = self.runner.run(
+                f"export-weights-{source}-{name}",
+                [*SITE, "export", "weights", "--model", "classifier", "--model-dir", model,
+                 "-w", str(self.sites[name]), "--json"],
+                want_json=True,
+            )  # fmt: skip
+            return {"bundle": _abs(res["bundle"])}
+
+        return act
+
+    def _audit(self, name: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            res = self.runner.run(
+                f"audit-{name}", [*SITE, "audit", "verify", "-w", str(self.sites[name]), "--json"],
+                want_json=True,
+            )  # fmt: skip
+            return {"audit": res}
+
+        return act
+
+    def _ingest_external(self) -> None:
+        ph = self.ws / "phantom" / "external"
+        self.runner.run(
+            "ingest-external",
+            [*COORD, "ingest", "--dicom-dir", str(ph / "dicom"), "--labels",
+             str(ph / "labels.csv"), "-w", str(self.coord), "--profile", self.plan.profile,
+             "--json"],
+        )  # fmt: skip
+
+    def _trust(self) -> dict[str, Any]:
+        pinned = {}
+        for name, ws in self.sites.items():
+            self.runner.run(f"trust-show-{name}", [*SITE, "keys", "show", "-w", str(ws)])
+            fp = _fingerprint(self.ws / "logs" / f"trust-show-{name}.log")
+            self.runner.run(
+                "trust",
+                [*COORD, "trust", "add", str(ws / "keys" / "site-key.pub"), "--site", name,
+                 "--fingerprint", fp, "--replace", "-w", str(self.coord)],
+            )  # fmt: skip
+            pinned[name] = fp
+        return {"fingerprints": pinned}
+
+    def _bundles(self) -> dict[str, str]:
+        """step name -> bundle path, for every export made."""
+        return {
+            step: out["bundle"]
+            for step, out in self.state.data["outputs"].items()
+            if "bundle" in out
+        }
+
+    def _import(self) -> dict[str, Any]:
+        imported = {}
+        for step, bundle in self._bundles().items():
+            res = self.runner.run("import", [*COORD, "import", bundle, "-w", str(self.coord),
+                                             "--json"], want_json=True)  # fmt: skip
+            imported[step] = str(_abs(res["folder"]))
+        return {"imports": imported}
+
+    def _federate(self) -> dict[str, Any]:
+        fed = write_fed_toml(self.plan, self.coord, self.sites)
+        res = self.runner.run("federate", [*COORD, "federate", "--config", str(fed), "--json"],
+                              want_json=True)  # fmt: skip
+        return {"config": str(fed), **res}
+
+    def _study(self) -> dict[str, Any]:
+        imports = self.state.output("import")["imports"]
+        src = self.plan.sites[0].name
+        fed_out = self.coord / "fed-out"
+        federated = fed_out / "pretrained"
+        if not federated.is_dir():  # the last pretraining round's global model
+            federated = fed_out / "rounds" / f"round-{self.plan.fed_pretrain_rounds:04d}"
+        cfg = write_study_toml(
+            self.plan,
+            self.coord,
+            src,
+            Path(imports[f"export-weights-real-{src}"]) / "weights" / "classifier",
+            Path(imports[f"export-weights-reconstructed-{src}"]) / "weights" / "classifier",
+            Path(imports[f"export-synthetic-{src}"]) / "cases",
+            federated,
+        )
+        out = self.coord / "study"
+        res = self.runner.run(
+            "study",
+            [*COORD, "study", "--config", str(cfg), "--out", str(out), "--phantom", "--json"],
+            want_json=True,
+        )
+        return {"config": str(cfg), **res}
+
+    # -- driving ----------------------------------------------------------------------------
+    def run(self, on_step: Callable[[Step, bool, float], None]) -> None:
+        """Run every unfinished step in order; ``on_step(step, skipped, seconds)`` after each."""
+        for step in self.steps():
+            if self.state.done(step.name):
+                on_step(step, True, 0.0)
+                continue
+            t0 = time.perf_counter()
+            outputs = step.action()
+            seconds = time.perf_counter() - t0
+            self.state.finish(step.name, seconds, outputs)
+            on_step(step, False, seconds)
+
+
+def _abs(path: str) -> str:
+    """Commands print paths as given; they ran in this working folder."""
+    return str(Path(path).resolve())
+
+
+def _screen(res: dict[str, Any]) -> dict[str, Any]:
+    """The privacy screen's headline figures from an export's JSON."""
+    priv = res.get("privacy", {})
+    phi, mem = priv.get("phi_scan", {}), priv.get("memorisation", {})
+    return {
+        "phi_files_scanned": phi.get("files_scanned"),
+        "phi_findings": phi.get("findings"),
+        "memorisation_screened": mem.get("screened"),
+        "memorisation_flagged": mem.get("flagged"),
+        "replacement_rounds": mem.get("replacement_rounds"),
+    }
+
+
+def _fingerprint(log: Path) -> str:
+    found = re.findall(r"\b[0-9a-f]{64}\b", log.read_text())
+    if not found:
+        raise StepFailed(f"no key fingerprint in the output of keys show ({log})", exit_code=1)
+    return found[-1]

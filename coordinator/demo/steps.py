@@ -1,0 +1,121 @@
+"""Running the demo's steps: each one a real ``site-agent`` or ``coordinator`` command in its
+own process (as a hospital or a coordinator would run it), its output logged, its completion
+recorded so a rerun continues after the last finished step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.atomic import atomic_write_json
+from shared.errors import InputError, ToolkitError
+
+STATE = "demo-state.json"
+
+
+class StepFailed(ToolkitError):
+    """A demo step's command failed; carries that command's exit code."""
+
+    def __init__(self, message: str, exit_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.exit_code = exit_code
+
+
+def tool(name: str) -> list[str]:
+    """The console script installed next to this interpreter (``site-agent``/``coordinator``),
+    else its module run by this interpreter."""
+    script = Path(sys.executable).parent / name
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    module = {"site-agent": "site_agent.cli.main", "coordinator": "coordinator.cli.main"}[name]
+    return [sys.executable, "-m", module]
+
+
+class DemoState:
+    """The finished steps and what they produced (bundle paths, import folders), kept in
+    ``WS/demo-state.json`` and rewritten atomically after every step."""
+
+    def __init__(self, workspace: Path, plan: dict[str, Any]) -> None:
+        self.path = workspace / STATE
+        plan = json.loads(json.dumps(plan))  # as stored: tuples become lists
+        self.data: dict[str, Any] = {"plan": plan, "done": {}, "outputs": {}}
+        if self.path.is_file():
+            try:
+                old = json.loads(self.path.read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read {self.path}: {exc}") from None
+            if old.get("plan") != plan:
+                raise InputError(
+                    f"{workspace} holds a demo run with other settings "
+                    f"({old.get('plan', {}).get('name', '?')})",
+                    hint="use another --workspace, or delete this one",
+                )
+            self.data = old
+
+    def done(self, step: str) -> bool:
+        return step in self.data["done"]
+
+    def finish(self, step: str, seconds: float, outputs: dict[str, Any] | None = None) -> None:
+        self.data["done"][step] = round(seconds, 1)
+        if outputs:
+            self.data["outputs"][step] = outputs
+        atomic_write_json(self.path, self.data)
+
+    def output(self, step: str) -> dict[str, Any]:
+        return self.data["outputs"].get(step, {})
+
+
+class Runner:
+    """Runs commands for the demo, logging each step to ``WS/logs/<step>.log``."""
+
+    def __init__(self, workspace: Path, env: dict[str, str]) -> None:
+        self.workspace = workspace
+        self.logs = workspace / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = os.environ | env
+
+    def run(self, step: str, cmd: list[str], want_json: bool = False) -> Any:
+        """Run ``cmd``; returns its parsed stdout JSON when ``want_json``. A failure raises
+        ``StepFailed`` with the command's exit code and the last line it printed."""
+        log = self.logs / f"{step}.log"
+        t0 = time.perf_counter()
+        with open(log, "a") as fh:
+            fh.write(f"$ {' '.join(cmd)}\n")
+            fh.flush()
+            proc = subprocess.run(
+                cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=self.env, check=False
+            )
+            fh.write(proc.stdout)
+            fh.write(f"# exit {proc.returncode} after {time.perf_counter() - t0:.1f} s\n")
+        if proc.returncode != 0:
+            raise StepFailed(
+                f"demo step {step} failed (exit {proc.returncode}): {_last_line(log)}",
+                exit_code=proc.returncode,
+                hint=f"log: {log}; rerun the demo to continue from this step",
+            )
+        if not want_json:
+            return None
+        try:
+            return json.loads(proc.stdout)
+        except ValueError:
+            raise StepFailed(
+                f"demo step {step}: the command's --json output did not parse",
+                exit_code=1,
+                hint=f"log: {log}",
+            ) from None
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("# exit")]
+    return lines[-1][:300] if lines else "no output"

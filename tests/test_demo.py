@@ -1,0 +1,155 @@
+"""`coordinator demo`: the quick consortium end to end, checked from outside the demo.
+
+The end-to-end test is what CI relies on to show that the whole system works: every bundle is
+verified again here with the site's own public key file, every audit log with `site-agent audit
+verify`, and the study's and federation's metrics are read from their CSV files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coordinator.demo.configs import CONDITIONS, write_fed_toml, write_study_toml
+from coordinator.demo.plan import QUICK
+from coordinator.demo.steps import DemoState, Runner, StepFailed
+from coordinator.federation.config import load_fed_toml
+from coordinator.study.config import load_study_config
+from shared.bundle.format import verify_bundle
+from shared.bundle.signing import fingerprint, load_public_key
+from shared.errors import InputError
+
+BIN = Path(sys.executable).parent
+
+
+def _cli(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / name), *args], capture_output=True, text=True, cwd=cwd, timeout=1200
+    )
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end_and_its_outputs_check_out(tmp_path: Path) -> None:
+    ws = tmp_path / "demo"
+    proc = _cli("coordinator", "demo", "--quick", "--workspace", str(ws), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    assert rec["plan"]["name"] == "quick"
+    assert (ws / "DEMO.md").read_text().startswith("# Consortium demo (quick")
+
+    # Every bundle verifies against its site's own public key file (not the demo's trust store).
+    bundles = [o["bundle"] for o in rec["outputs"].values() if "bundle" in o]
+    assert len(bundles) == 2 + 2  # two synthetic exports, real and reconstructed weights
+    for b in bundles:
+        site = "aurora" if "/aurora/" in b else "borealis"
+        key = load_public_key(ws / "sites" / site / "keys" / "site-key.pub")
+        vb = verify_bundle(Path(b), {fingerprint(key): key}, key_description=site)
+        assert vb.manifest["site"] == site
+
+    # Every audit log verifies; the federation appended the site nodes' replies to it.
+    for site in ("aurora", "borealis"):
+        sw = ws / "sites" / site
+        p = _cli("site-agent", "audit", "verify", "-w", str(sw), "--json")
+        assert p.returncode == 0, p.stderr
+        events = [json.loads(ln)["event"] for ln in (sw / "audit" / "audit.jsonl").open()]
+        assert any(e.startswith("export") for e in events), events
+        assert any("federation" in e or "flower" in e for e in events), events
+
+    # The study: every cell present, metrics finite and in [0, 1], report and plot written.
+    study = ws / "coordinator" / "study"
+    for name in ("report.md", "study.png", "comparisons.csv", "predictions.csv"):
+        assert (study / name).stat().st_size > 0, name
+    summary = rec["checks"]["study"]["summary"]
+    assert {r["condition"] for r in summary} == set(CONDITIONS)
+    assert {r["fraction"] for r in summary} == set(QUICK.study_fractions)
+    for r in summary:
+        assert 0.0 <= r["auc_mean"] <= 1.0 and 0.0 <= r["ap_mean"] <= 1.0
+    with open(study / "predictions.csv") as fh:
+        preds = list(csv.DictReader(fh))
+    assert {p["condition"] for p in preds} == set(CONDITIONS)
+
+    # The federation: every round recorded with a finite AUC, and a final model.
+    fed = ws / "coordinator" / "fed-out"
+    with open(fed / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["phase"] for r in rows] == ["pretrain"] * QUICK.fed_pretrain_rounds + [
+        "adapt"
+    ] * QUICK.fed_adapt_rounds
+    assert all(math.isfinite(float(r["test-auc"])) for r in rows)
+    assert (fed / "final" / "model.safetensors").is_file()
+
+    # The study-grid benchmark runs on the demo's coordinator workspace (smallest seed counts).
+    bench = subprocess.run(
+        [sys.executable, "-m", "benchmarks.study_grid", "--workspace", str(ws / "coordinator"),
+         "--seeds", "1", "--seeds-large", "1", "--work", str(tmp_path / "sg"),
+         "--out", str(tmp_path / "sg")],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    grid = json.loads((tmp_path / "sg" / "study_grid.json").read_text())
+    assert grid["cells"] == 5 * 5 and sum(grid["parts_s"].values()) <= grid["total_s"] + 1.0
+    assert set(grid["pretraining_s"]) == {
+        "none", "real-source", "reconstructed-source", "synthetic-bpmri", "synthetic-t2w"
+    }  # fmt: skip
+
+    # A rerun continues after the last finished step: here, nothing is left to redo.
+    state = json.loads((ws / "demo-state.json").read_text())
+    again = _cli("coordinator", "demo", "--quick", "--workspace", str(ws), "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((ws / "demo-state.json").read_text())["done"] == state["done"]
+
+
+def test_demo_workspace_of_another_plan_is_refused_in_one_line(tmp_path: Path) -> None:
+    DemoState(tmp_path, QUICK.record()).finish("phantom-aurora", 1.0)
+    proc = _cli("coordinator", "demo", "--workspace", str(tmp_path))  # full plan
+    assert proc.returncode == 3
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) <= 2 and "other settings" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_failed_step_names_its_exit_code_and_log(tmp_path: Path) -> None:
+    runner = Runner(tmp_path, {})
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; print('no such DICOM folder', file=sys.stderr); sys.exit(3)",
+    ]
+    with pytest.raises(StepFailed) as info:
+        runner.run("ingest-external", cmd)
+    assert info.value.exit_code == 3
+    assert "no such DICOM folder" in info.value.message
+    assert str(tmp_path / "logs" / "ingest-external.log") in str(info.value)
+
+
+def test_unreadable_state_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "demo-state.json").write_text("{not json")
+    with pytest.raises(InputError):
+        DemoState(tmp_path, QUICK.record())
+
+
+def test_written_configs_load_with_the_real_parsers(tmp_path: Path) -> None:
+    coord = tmp_path / "coordinator"
+    coord.mkdir()
+    sites = {s.name: tmp_path / "sites" / s.name for s in QUICK.sites}
+    fed = load_fed_toml(write_fed_toml(QUICK, coord, sites))
+    assert [n["role"] for n in fed.sim_nodes] == ["site", "site", "target"]
+    assert fed.sim_nodes[0]["workspace"] == str(sites["aurora"].resolve())
+    assert fed.run_config.pretrain_rounds == QUICK.fed_pretrain_rounds
+    imp = coord / "imports" / "aurora"
+    cfg = load_study_config(
+        write_study_toml(
+            QUICK, coord, "aurora", imp / "r", imp / "c", imp / "s", coord / "fed-out" / "p"
+        )
+    )
+    assert tuple(c.name for c in cfg.conditions) == CONDITIONS
+    by = {c.name: c for c in cfg.conditions}
+    assert by["synthetic-t2w"].sequences == ("t2w",)
+    assert by["real-source"].weights == (imp / "r").resolve()
+    assert cfg.fractions == QUICK.study_fractions
