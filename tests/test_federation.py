@@ -289,6 +289,16 @@ def test_simulated_federation_rejects_nan_stops_and_resumes(tmp_path):
     assert state["last-round"] == 1 and state["phases"] == ["pretrain"]
     assert (out / "rounds" / "round-0001" / "model.safetensors").is_file()
     assert not (out / "final").exists()
+    # phase 1 (one pretraining round) is over: its global model is a classifier weights folder
+    pretrained = json.loads((out / "pretrained" / "config.json").read_text())
+    assert (pretrained["network"], pretrained["in_channels"], pretrained["grid_size"]) == (
+        "small-cnn",
+        3,
+        [24, 24, 12],
+    )
+    assert (out / "pretrained" / "model.safetensors").read_bytes() == (
+        out / "rounds" / "round-0001" / "model.safetensors"
+    ).read_bytes()
     rej = [json.loads(x) for x in (out / "rejections.jsonl").read_text().splitlines()]
     assert len(rej) == 1 and rej[0]["round"] == 1 and "NaN" in rej[0]["reason"]
 
@@ -302,6 +312,11 @@ def test_simulated_federation_rejects_nan_stops_and_resumes(tmp_path):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [(r["round"], r["phase"]) for r in rows] == [("1", "pretrain"), ("2", "adapt")]
     assert rows[0]["accepted"] == "1" and rows[0]["rejected"] == "1"
+    assert rows[0]["missing"] == "0" and not rows[0]["missing-nodes"]
+    for r in rows:  # the round's cost: the nodes report compute, the rest is overhead
+        assert 0 < float(r["train-compute-max"]) < float(r["train-seconds"]) <= float(r["seconds"])
+        assert float(r["overhead-seconds"]) >= 0 and int(r["array-bytes-down"]) > 0
+        assert int(r["wire-bytes-up"]) > int(r["array-bytes-up"]) > 0
     assert all(0.0 <= float(r["test-auc"]) <= 1.0 for r in rows)
     for f in ("final/model.safetensors", "final/config.json", "metrics.png"):
         assert (out / f).is_file(), f
@@ -310,3 +325,76 @@ def test_simulated_federation_rejects_nan_stops_and_resumes(tmp_path):
         assert _audit_ok(ws[name])
         assert any(e["event"] == "federation-reply" for e in _events(ws[name]))
     assert (ws["target"] / "federation" / "journal.jsonl").is_file()
+
+
+# --------------------------------------------------------------------------- bounded exchange
+
+
+class _FakeGrid:
+    """Replies as scripted: node 2 answers, the SuperLink answers 'unavailable' for node 3,
+    node 4 never answers; node 5 is not connected."""
+
+    def __init__(self):
+        self.pulls = 0
+
+    def get_node_ids(self):
+        return [2, 3, 4]
+
+    def push_messages(self, msgs):
+        for m in msgs:
+            m.metadata.__dict__["_message_id"] = f"msg-{m.metadata.dst_node_id}"
+        self.sent = {m.metadata.message_id: m for m in msgs}
+        return list(self.sent)
+
+    def pull_messages(self, ids):
+        from flwr.app import Error, Message, MetricRecord, RecordDict
+
+        self.pulls += 1
+        out = []
+        for mid in ids:
+            req = self.sent[mid]
+            node = int(req.metadata.dst_node_id)
+            if node == 2:
+                reply = Message(RecordDict({"metrics": MetricRecord({"n": 1})}), reply_to=req)
+                reply.metadata.__dict__["_src_node_id"] = 2
+            elif node == 3:
+                reply = Message(error=Error(code=5, reason="Node Unavailable"), reply_to=req)
+                reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers for it
+            else:
+                continue
+            out.append(reply)
+        return out
+
+
+def test_exchange_names_every_missing_node_and_never_waits_past_its_timeout():
+    import time
+
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+    from coordinator.federation.exchange import exchange
+    from coordinator.federation.rounds import _reached
+
+    grid = _FakeGrid()
+    arrays = ArrayRecord({"w": Array(np.ones((4, 4), np.float32))})
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})
+    reached, offline = _reached(grid, [2, 3, 4, 5])
+    msgs = [Message(content, dst_node_id=n, message_type="train") for n in reached]
+    t0 = time.monotonic()
+    ex = exchange(grid, msgs, timeout=0.5, offline=offline)
+    assert 0.5 <= time.monotonic() - t0 < 5  # waited for node 4, but only until the timeout
+    assert [int(m.metadata.src_node_id) for m in ex.replies] == [2]
+    assert ex.missing == {
+        3: "node unavailable (it stopped sending heartbeats)",
+        4: "no reply within round-timeout 0.5 s",
+        5: "offline before the round (no heartbeat)",
+    }
+    assert ex.array_bytes_down == 3 * len(arrays["w"].data) and ex.array_bytes_up == 0
+    assert ex.wire_bytes_down > ex.array_bytes_down and ex.wire_bytes_up > 0
+
+
+def test_failure_reason_is_one_line_without_flowers_prefix():
+    from coordinator.federation.runner import failure_reason
+
+    details = "ServerApp failed with exception: round 1 (pretrain): 0 valid\nreplies"
+    assert failure_reason(details) == "round 1 (pretrain): 0 valid replies"
+    assert failure_reason("") == "see log"

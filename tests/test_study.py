@@ -18,6 +18,7 @@ from coordinator.study import run as study_run
 from coordinator.study.config import load_study_config
 from coordinator.study.splits import fraction_subsets, stratified_split
 from shared.errors import InputError
+from shared.weights import load_weights
 from tests.federation_support import make_store
 
 
@@ -167,3 +168,99 @@ def test_weights_that_do_not_fit_are_refused(stores, tmp_path):
     cfg = load_study_config(p)
     with pytest.raises(InputError, match="do not fit this study"):
         study_run.run_study(cfg, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- federated condition
+
+
+def write_fed_study(path: Path, stores, condition: str) -> Path:
+    """The study of ``write_config`` at fraction 1 only (one seed there): random init against
+    a federated condition."""
+    text = write_config(path, stores, fractions="[1.0]").read_text()
+    base = text.split("[conditions.synthetic-bpmri]")[0]
+    path.write_text(base + f'[conditions.fed-synthetic]\nkind = "federated"\n{condition}\n')
+    return path
+
+
+def _fed_toml(tmp_path: Path, edit=lambda t: t) -> Path:
+    from tests.federation_support import write_fed_toml
+
+    ws = {k: tmp_path / k for k in ("aurora", "borealis", "target")}
+    p = write_fed_toml(tmp_path / "fed.toml", ws, tmp_path / "fed-out")
+    p.write_text(edit(p.read_text()))
+    return p
+
+
+def test_federated_condition_parses_with_the_federations_settings(stores, tmp_path):
+    _fed_toml(tmp_path)
+    cfg = load_study_config(write_fed_study(tmp_path / "s.toml", stores, 'federation = "fed.toml"'))
+    cond = cfg.conditions[1]
+    assert (cond.kind, cond.federation) == ("federated", (tmp_path / "fed.toml").resolve())
+    assert cond.sequences == ("t2w", "hbv", "adc")
+
+
+@pytest.mark.parametrize(
+    ("condition", "edit", "message"),
+    [
+        ("", None, "missing required key 'federation'"),
+        ('federation = "nowhere.toml"', None, "does not exist"),
+        ("federation = 3", None, "federation must be str"),
+        ('federation = "fed.toml"', lambda t: t.replace("simulation", "cloud", 1), "mode must be"),
+        (
+            'federation = "fed.toml"',
+            lambda t: t.replace("rounds = 1\nlocal-steps", "rounds = 0\nlocal-steps", 1),
+            "no pretraining rounds",
+        ),
+        ('federation = "fed.toml"', lambda t: t.replace('"tiny"', '"cpu"'), "grid"),
+        ('federation = "fed.toml"\nsequences = ["t2w"]', None, "differ from the federation's"),
+    ],
+)
+def test_bad_federated_condition_gives_clear_error(stores, tmp_path, condition, edit, message):
+    _fed_toml(tmp_path, edit or (lambda t: t))
+    p = write_fed_study(tmp_path / "s.toml", stores, condition)
+    with pytest.raises(InputError, match=re.escape(message)) as info:
+        load_study_config(p)
+    assert info.value.message.startswith("[conditions.fed-synthetic]")
+    assert "\n" not in info.value.message
+    r = CliRunner().invoke(coordinator_app, ["study", "--config", str(p)])
+    assert r.exit_code == 3 and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_study_with_a_federated_condition_runs_the_federations_pretraining(
+    stores, tmp_path, monkeypatch
+):
+    """The study runs the federation (Flower Simulation Engine, 2 sites + 1 target node) with
+    its adaptation skipped, starts the condition's cells from OUT/pretrained, and reuses both
+    on a rerun."""
+    import torch
+
+    from tests.federation_support import make_consortium, write_fed_toml
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    fed_out = tmp_path / "fed-out"
+    ws = make_consortium(tmp_path / "consortium")
+    write_fed_toml(tmp_path / "fed.toml", ws, fed_out, pretrain_rounds=1, adapt_rounds=2)
+    cfg = load_study_config(write_fed_study(tmp_path / "s.toml", stores, 'federation = "fed.toml"'))
+    out, logs = tmp_path / "out", []
+    results = study_run.run_study(cfg, out, log=logs.append)
+
+    state = json.loads((fed_out / "state.json").read_text())
+    assert state["phases"] == ["pretrain"]  # the adaptation phase was skipped
+    meta = json.loads((fed_out / "pretrained" / "config.json").read_text())
+    assert (meta["network"], meta["in_channels"], meta["grid_size"]) == (
+        cfg.network,
+        3,
+        [24, 24, 12],
+    )
+    assert any("running the federation's pretraining phase" in m for m in logs)
+    assert sorted(r["condition"] for r in results) == ["fed-synthetic", "none"]
+    fed_state = load_weights(fed_out / "pretrained")[0]
+    start = study_run.pretrained_state(cfg, cfg.conditions[1], out, (24, 24, 12), logs.append)
+    assert start is not None and all(torch.equal(start[k], v) for k, v in fed_state.items())
+
+    def no_second_run(*args, **kwargs):
+        raise AssertionError("the federation ran again")
+
+    monkeypatch.setattr("coordinator.federation.runner.run_fed_toml", no_second_run)
+    assert study_run.run_study(cfg, out) == results

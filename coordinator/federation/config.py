@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,19 @@ class FedToml:
     superlink: str
     root_certificates: str
     insecure: bool
+
+    @property
+    def pretrained_dir(self) -> Path:
+        """Where the run writes phase 1's global model (``OUT/pretrained``)."""
+        return Path(self.run_config.out_dir) / "pretrained"
+
+    def pretraining_only(self) -> FedToml:
+        """The same federation with its adaptation phase skipped (adapt rounds 0): round
+        counts are not part of the fingerprint, so it resumes, and is resumed by, the full
+        run in the same output folder."""
+        if self.run_config.pretrain_rounds < 1:
+            raise InputError("this federation has no pretraining rounds ([pretrain] rounds = 0)")
+        return replace(self, run_config=replace(self.run_config, adapt_rounds=0))
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:

@@ -330,3 +330,20 @@ def failure_reason(details: str) -> str:
     """Flower's status details as one line, without its own prefix for ServerApp errors."""
     text = " ".join(details.split()) or "see log"
     return text.removeprefix(SERVERAPP_PREFIX).strip()
+
+
+def ensure_pretrained(
+    fed: FedToml, echo: Callable[[str], None] | None = None, timeout: float = 6 * 3600
+) -> Path:
+    """Phase 1's global model of ``fed`` (``OUT/pretrained``): run or resume the federation
+    with its adaptation phase skipped unless an earlier run already wrote it."""
+    folder = fed.pretrained_dir
+    if not (folder / "model.safetensors").is_file():
+        run_fed_toml(fed.pretraining_only(), echo=echo, timeout=timeout)
+    if not (folder / "model.safetensors").is_file():
+        raise RunFailed(
+            f"the federation in {fed.run_config.out_dir} stopped before its pretraining phase "
+            "ended (stop-after-round?)",
+            hint="rerun to continue it from its last checkpointed round",
+        )
+    return folder

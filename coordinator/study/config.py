@@ -24,8 +24,19 @@ Example (every key but ``external`` and the conditions has a default from the pr
     kind = "pretrain"
     cases = ["imports/aurora/synthetic"]
     sequences = ["t2w"]
+    [conditions.fed-synthetic]
+    kind = "federated"                   # pretrained by the federation's phase 1 (FedAvg
+    federation = "fed.toml"              # over the sites), same vocabulary as `coordinator
+                                         # federate --config fed.toml`
 
 Relative paths are resolved against the config file's folder.
+
+``kind = "federated"`` starts from the global model the federation described by its
+``fed.toml`` writes at the end of its pretraining phase (``OUT/pretrained/``, see
+``coordinator/federation/config.py``). If that folder does not exist yet, the study runs the
+federation first (or resumes it) with its adaptation phase skipped: the study's own
+fine-tuning cells are the adaptation. Its sequences, network and profile come from the
+federation and must fit the study (a ``sequences`` key, if given, must match).
 """
 
 from __future__ import annotations
@@ -35,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InputError
-from shared.profiles import get_profile
+from shared.profiles import Profile, get_profile
 from shared.toml_files import read_toml
 
-CONDITION_KINDS = ("none", "weights", "pretrain")
+CONDITION_KINDS = ("none", "weights", "pretrain", "federated")
 SEQUENCE_SETS = {("t2w", "hbv", "adc"), ("t2w",)}
 
 
@@ -49,6 +60,7 @@ class Condition:
     sequences: tuple[str, ...] = ("t2w", "hbv", "adc")
     weights: Path | None = None
     cases: tuple[Path, ...] = ()
+    federation: Path | None = None  # kind "federated": the federation's fed.toml
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ def load_study_config(path: Path) -> StudyConfig:
         raise InputError(
             f"{where}: split train/val/test must be positive and sum to 1, not {parts}"
         )
+    network = _get(study, "network", str, prof.classifier.network, where)
     cond_raw = raw.get("conditions")
     if not isinstance(cond_raw, dict) or not cond_raw:
         raise InputError(f"study config {path} needs at least one [conditions.NAME] table")
@@ -153,7 +166,10 @@ def load_study_config(path: Path) -> StudyConfig:
         cases = tuple(base / p for p in _get(c, "cases", list, [], w))
         if kind == "pretrain" and not cases:
             raise InputError(f"{w}: kind 'pretrain' needs cases = [\"FOLDER\", ...]")
-        conditions.append(Condition(name, kind, seqs, weights, cases))
+        fed = None
+        if kind == "federated":
+            fed, seqs = _federation(c, base, w, prof, network)
+        conditions.append(Condition(name, kind, seqs, weights, cases, fed))
     pre = raw.get("pretrain", {})
     fin = raw.get("finetune", {})
     cfg = StudyConfig(
@@ -167,7 +183,7 @@ def load_study_config(path: Path) -> StudyConfig:
         split=parts,
         split_seed=int(split.get("seed", 0)),
         operating_sensitivity=float(_get(study, "operating_sensitivity", (int, float), 0.9, where)),
-        network=_get(study, "network", str, prof.classifier.network, where),
+        network=network,
         pretrain=_training(
             pre,
             "[pretrain]",
@@ -187,3 +203,35 @@ def load_study_config(path: Path) -> StudyConfig:
     if cfg.seeds < 1 or cfg.seeds_large < 1:
         raise InputError(f"{where}: seeds and seeds_large must be at least 1")
     return cfg
+
+
+def _federation(
+    c: dict[str, Any], base: Path, where: str, prof: Profile, network: str
+) -> tuple[Path, tuple[str, ...]]:
+    """A ``kind = "federated"`` condition's fed.toml, checked now (it must parse, pretrain
+    at least one round and fit the study's grid and network), and its sequences."""
+    from coordinator.federation.config import load_fed_toml
+
+    path = (base / _get(c, "federation", str, None, where)).resolve()
+    if not path.is_file():
+        raise InputError(f"{where}: federation config {path} does not exist")
+    try:
+        rc = load_fed_toml(path).pretraining_only().run_config
+        fed_grid = get_profile(rc.profile).grid.size
+    except InputError as exc:
+        raise InputError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if tuple(fed_grid) != tuple(prof.grid.size):
+        raise InputError(
+            f"{where}: the federation trains on the {rc.profile} profile's grid {fed_grid}, "
+            f"the study uses {prof.name} ({prof.grid.size})"
+        )
+    if rc.network != network:
+        raise InputError(
+            f"{where}: the federation trains a {rc.network}, the study fine-tunes a {network}"
+        )
+    seqs = tuple(s for s in rc.sequences.split(",") if s)
+    if "sequences" in c and tuple(c["sequences"]) != seqs:
+        raise InputError(
+            f"{where}: sequences {list(c['sequences'])} differ from the federation's {list(seqs)}"
+        )
+    return path, seqs

@@ -3,6 +3,8 @@
 Source-free adaptation: each cell starts from its condition's pretrained weights (or random
 init for ``none``) and sees only the external institution's data — its fraction of the training
 split, the full validation split for model selection, and the fixed test split for scoring.
+A ``federated`` condition's weights come from a Flower federation's pretraining phase, run
+through ``coordinator.federation`` when they do not exist yet.
 """
 
 from __future__ import annotations
@@ -96,15 +98,9 @@ def pretrained_state(
         return None
     if cond.kind == "weights":
         assert cond.weights is not None
-        state, meta = load_weights(cond.weights)
-        want = {"network": cfg.network, "in_channels": len(cond.sequences), "grid_size": list(grid)}
-        got = {k: meta.get(k) for k in want}
-        if got != want:
-            raise InputError(
-                f"weights of condition {cond.name} ({cond.weights}) do not fit "
-                f"this study: they are {got}, the study needs {want}"
-            )
-        return state
+        return _fitting_weights(cfg, cond, cond.weights, grid)
+    if cond.kind == "federated":
+        return _fitting_weights(cfg, cond, federated_weights(cond, log), grid)
     cache = out / "pretrained" / cond.name
     if not (cache / "model.safetensors").is_file():
         folders = [f for d in cond.cases for f in list_cases(d)]
@@ -119,6 +115,34 @@ def pretrained_state(
             {"condition": cond.name},
         )
     return load_weights(cache)[0]
+
+
+def _fitting_weights(
+    cfg: StudyConfig, cond: Condition, folder: Path, grid: tuple[int, ...]
+) -> dict[str, Any]:
+    """The state dict in ``folder``, if its network, channels and grid fit this study."""
+    state, meta = load_weights(folder)
+    want = {"network": cfg.network, "in_channels": len(cond.sequences), "grid_size": list(grid)}
+    got = {k: meta.get(k) for k in want}
+    if got != want:
+        raise InputError(
+            f"weights of condition {cond.name} ({folder}) do not fit "
+            f"this study: they are {got}, the study needs {want}"
+        )
+    return state
+
+
+def federated_weights(cond: Condition, log: Callable[[str], None]) -> Path:
+    """The federation's phase-1 model (``OUT/pretrained``), running or resuming its
+    pretraining phase first (adaptation skipped) if it has not been written yet."""
+    from coordinator.federation.config import load_fed_toml
+    from coordinator.federation.runner import ensure_pretrained
+
+    assert cond.federation is not None
+    fed = load_fed_toml(cond.federation)
+    if not (fed.pretrained_dir / "model.safetensors").is_file():
+        log(f"{cond.name}: running the federation's pretraining phase ({cond.federation})")
+    return ensure_pretrained(fed, echo=log)
 
 
 def run_cell(
