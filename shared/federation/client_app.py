@@ -8,10 +8,10 @@ read, and every reply and every refusal is appended to the node's audit log; a n
 write its audit log answers nothing but an error.
 
 Flower starts this module anew for each message: imports stay light until a handler runs
-(torch is imported only for train and evaluate requests, before the node's compute clock
-starts). Every reply's ``metrics`` record carries ``compute-seconds``: the node's own work on
-the request (reading its cases, training or evaluating), so the coordinator can tell the
-federation's overhead from local compute.
+(torch and MONAI are imported only for train and evaluate requests, before the node's compute
+clock starts). Every reply's ``metrics`` record carries ``compute-seconds``: the node's own
+work on the request (reading its cases, training or evaluating), so the coordinator
+can tell the federation's overhead from local compute.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ def _test_stall(kind: str) -> None:
 def _timed(role, kind: str, msg: Message, context: Context, node) -> tuple[Any, dict[str, Any]]:
     """Run the role's handler; add its duration to the reply's metrics as compute-seconds."""
     if kind in (MSG_TRAIN, MSG_EVALUATE):
-        import torch  # noqa: F401  (start-up cost, not compute: both roles train with it)
+        from shared.federation.local import preload
+
+        preload()
     t0 = time.perf_counter()
     content, details = role.handle(kind, msg, context, node)
     metrics = content.metric_records.get(METRICS)

@@ -36,6 +36,13 @@ class LocalResult:
     clipped: bool
 
 
+def preload() -> None:
+    """Import what every train or evaluate request needs (torch, and MONAI for the classifier
+    networks): a fresh ClientApp process pays this once, and it is start-up, not compute."""
+    import monai.networks.nets  # noqa: F401
+    import torch  # noqa: F401
+
+
 def request_train_config(config: dict[str, Any], steps: int, in_channels: int) -> TrainConfig:
     """The TrainConfig a request asks for (seed varied by round so rounds differ)."""
     seed = int(config.get(K_SEED, 0)) * 1000 + int(config.get(K_ROUND, 0))
