@@ -306,6 +306,7 @@ def test_simulated_federation_rejects_nan_stops_and_resumes(tmp_path):
     cfg2 = write_fed_toml(tmp_path / "fed2.toml", ws, out, faults={"borealis": "nan"})
     res = CliRunner().invoke(cli, ["--config", str(cfg2), "--json", "--timeout", "240"])
     assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["pretrained"] == str(out / "pretrained")
     log = (out / "flower-run.log").read_text()
     assert "resuming after round 1 of 2" in log
     assert (out / "rounds" / "round-0001" / "model.safetensors").read_bytes() == r1

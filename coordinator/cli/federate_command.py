@@ -22,8 +22,9 @@ def federate(
     """Run the federation described by CONFIG: phase 1 FedAvg pretraining over the site nodes,
     phase 2 adaptation on the target node(s), evaluation every round. Every round is
     checkpointed in the config's output folder; rerunning the same command continues after
-    the last completed round. Writes final/ (safetensors), metrics.csv and metrics.png.
-    Success means Flower recorded the run as finished:completed."""
+    the last completed round. Writes final/ (safetensors), pretrained/ (the model when the
+    pretraining phase ends), metrics.csv and metrics.png. Success means Flower recorded the
+    run as finished:completed."""
     from coordinator.federation.config import load_fed_toml
     from coordinator.federation.runner import run_fed_toml
 
@@ -40,6 +41,7 @@ def federate(
         "final": str(o / "final"),
         "metrics": str(o / "metrics.csv"),
         "plot": str(o / "metrics.png"),
+        "pretrained": str(fed.pretrained_dir) if fed.pretrained_dir.is_dir() else None,
     }
     if json_out:
         print_json(result)
