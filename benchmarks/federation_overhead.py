@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -277,20 +278,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pretrain", type=int, default=2, help="pretraining rounds (2 sites)")
-    ap.add_argument("--adapt", type=int, default=1, help="adaptation rounds (target node)")
-    modes = ["simulation", "deployment"]
-    ap.add_argument("--modes", nargs="+", default=modes, choices=modes)
-    ap.add_argument("--repeats", type=int, default=3, help="fresh-process start-up repeats")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
-    args = ap.parse_args()
+def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from tests.federation_support import make_consortium
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    work = Path(args.work or tempfile.mkdtemp(prefix="fed-overhead-")).resolve()
     ws = make_consortium(work / "ws")
     rounds = (args.pretrain, args.adapt)
     result: dict[str, Any] = {
@@ -307,6 +297,26 @@ def main() -> None:
         result["runs"][mode] = run
     result["machine"]["load-average-after"] = os.getloadavg()
     result["figures"] = figures(result)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pretrain", type=int, default=2, help="pretraining rounds (2 sites)")
+    ap.add_argument("--adapt", type=int, default=1, help="adaptation rounds (target node)")
+    modes = ["simulation", "deployment"]
+    ap.add_argument("--modes", nargs="+", default=modes, choices=modes)
+    ap.add_argument("--repeats", type=int, default=3, help="fresh-process start-up repeats")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    args = ap.parse_args()
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    work = Path(args.work or tempfile.mkdtemp(prefix="fed-overhead-")).resolve()
+    try:
+        result = measure(work, args)
+    finally:
+        if args.work is None:  # a scratch folder of our own
+            shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "federation_overhead.json", result)
     for f in result["figures"]:
