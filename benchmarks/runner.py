@@ -72,7 +72,7 @@ SPECS: tuple[Spec, ...] = (
         full_gpu=("--profile", "paper"),
     ),
     Spec("sampling_speed", quick=("--n", "8"), workspace="site_workspace"),
-    Spec("federation_overhead", quick=()),
+    Spec("federation_overhead", quick=("--pretrain", "1", "--repeats", "1")),
     Spec(
         "study_grid",
         quick=("--seeds", "2", "--seeds-large", "1"),

@@ -143,13 +143,13 @@ def test_written_configs_load_with_the_real_parsers(tmp_path: Path) -> None:
     assert fed.sim_nodes[0]["workspace"] == str(sites["aurora"].resolve())
     assert fed.run_config.pretrain_rounds == QUICK.fed_pretrain_rounds
     imp = coord / "imports" / "aurora"
+    fed_toml = coord / "fed.toml"
     cfg = load_study_config(
-        write_study_toml(
-            QUICK, coord, "aurora", imp / "r", imp / "c", imp / "s", coord / "fed-out" / "p"
-        )
+        write_study_toml(QUICK, coord, "aurora", imp / "r", imp / "c", imp / "s", fed_toml)
     )
     assert tuple(c.name for c in cfg.conditions) == CONDITIONS
     by = {c.name: c for c in cfg.conditions}
     assert by["synthetic-t2w"].sequences == ("t2w",)
     assert by["real-source"].weights == (imp / "r").resolve()
     assert cfg.fractions == QUICK.study_fractions
+    assert by["federated-synthetic"].kind == "federated"

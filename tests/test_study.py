@@ -264,3 +264,19 @@ def test_study_with_a_federated_condition_runs_the_federations_pretraining(
 
     monkeypatch.setattr("coordinator.federation.runner.run_fed_toml", no_second_run)
     assert study_run.run_study(cfg, out) == results
+
+
+def test_attainable_seed_level_p_matches_scipy_and_is_reported() -> None:
+    """The floor the report states is what SciPy's exact Wilcoxon gives when every seed agrees."""
+    from scipy.stats import wilcoxon
+
+    from coordinator.study.report import _attainable_notes, min_holm_wilcoxon_p
+
+    for seeds in (3, 8, 10):
+        d = np.arange(1, seeds + 1) / 100.0  # every seed favours A, distinct magnitudes
+        assert min_holm_wilcoxon_p(seeds, 1) == pytest.approx(wilcoxon(d).pvalue, abs=1e-12)
+    assert min_holm_wilcoxon_p(8, 10) == pytest.approx(10 * 2 / 256)
+    rows = [{"fraction": 0.0625, "seeds": 8} for _ in range(10)]
+    notes = "\n".join(_attainable_notes(rows))
+    assert "0.0781" in notes and "9 seeds" in notes  # 10 * 2 / 2**9 = 0.039
+    assert _attainable_notes([{"fraction": 1.0, "seeds": 10} for _ in range(10)]) == []

@@ -70,10 +70,10 @@ def write_study_toml(
     real_weights: Path,
     reconstructed_weights: Path,
     synthetic_cases: Path,
-    federated_weights: Path,
+    federation: Path,
 ) -> Path:
-    """The paper's conditions from one source site (``source``), plus the federation's
-    pretrained model over every site's synthetic cases."""
+    """The paper's conditions from one source site (``source``), plus the model that the
+    federation in ``federation`` (fed.toml) pretrained over every site's synthetic cases."""
     text = f"""# Written by `coordinator demo` ({plan.name}). Phantom data: checks the machinery,
 # not clinical truth. Source site for the single-site conditions: {source}.
 [study]
@@ -112,8 +112,8 @@ cases = [{_rel(synthetic_cases, coord)}]
 sequences = ["t2w"]
 
 [conditions.federated-synthetic]
-kind = "weights"
-weights = {_rel(federated_weights, coord)}
+kind = "federated"
+federation = {_rel(federation, coord)}
 """
     path = coord / "study.toml"
     atomic_write_text(path, text)

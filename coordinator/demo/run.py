@@ -240,10 +240,6 @@ class Demo:
     def _study(self) -> dict[str, Any]:
         imports = self.state.output("import")["imports"]
         src = self.plan.sites[0].name
-        fed_out = self.coord / "fed-out"
-        federated = fed_out / "pretrained"
-        if not federated.is_dir():  # the last pretraining round's global model
-            federated = fed_out / "rounds" / f"round-{self.plan.fed_pretrain_rounds:04d}"
         cfg = write_study_toml(
             self.plan,
             self.coord,
@@ -251,7 +247,7 @@ class Demo:
             Path(imports[f"export-weights-real-{src}"]) / "weights" / "classifier",
             Path(imports[f"export-weights-reconstructed-{src}"]) / "weights" / "classifier",
             Path(imports[f"export-synthetic-{src}"]) / "cases",
-            federated,
+            Path(self.state.output("federate")["config"]),  # its pretrained/ model
         )
         out = self.coord / "study"
         res = self.runner.run(

@@ -275,4 +275,31 @@ def render_report(summary: list[dict[str, Any]], comps: list[dict[str, Any]], no
             )
     lines += ["", "## Significant differences (seed level, Holm-corrected, α = 0.05)", ""]
     lines += [f"- {s}" for s in significant] or ["- none"]
+    lines += _attainable_notes(comps)
     return "\n".join(lines) + "\n"
+
+
+def min_holm_wilcoxon_p(seeds: int, pairs: int) -> float:
+    """The smallest Holm-adjusted p a two-sided exact Wilcoxon signed-rank test on ``seeds``
+    paired differences can give among ``pairs`` comparisons: every seed agreeing gives
+    2 / 2**seeds, and Holm multiplies the smallest p by the number of comparisons."""
+    return min(1.0, pairs * 2.0 / 2.0**seeds)
+
+
+def _attainable_notes(comps: list[dict[str, Any]]) -> list[str]:
+    """Say where no seed-level difference could have been significant, and what would do."""
+    notes = []
+    for f in sorted({r["fraction"] for r in comps}):
+        rows = [r for r in comps if r["fraction"] == f]
+        seeds, pairs = rows[0]["seeds"], len(rows)
+        floor = min_holm_wilcoxon_p(seeds, pairs)
+        if floor >= 0.05:
+            need = next(n for n in range(seeds, 64) if min_holm_wilcoxon_p(n, pairs) < 0.05)
+            notes.append(
+                f"- At {_frac_label(f)}, {seeds} seeds and {pairs} comparisons: the smallest "
+                f"attainable Holm-adjusted Wilcoxon p is {floor:.3g}, so no difference can be "
+                f"significant at the seed level there (even if every seed agrees); {need} seeds "
+                "or fewer pre-registered comparisons would allow it. The per-seed DeLong tests "
+                "and the confidence intervals above still show the size and direction."
+            )
+    return ["", "## What these seeds can show", "", *notes] if notes else []

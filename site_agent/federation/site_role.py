@@ -77,15 +77,7 @@ def _load(node: NodeIdentity, data: str, sequences: list[str]):
 
 def handle(kind: str, msg, context, node: NodeIdentity):
     """Return (RecordDict, audit details) or raise ``PolicyRefusal`` / ``InputError``."""
-    import torch  # noqa: F401  (Flower's torch conversions need it imported)
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-
-    from shared.federation.local import (
-        arrays_digest,
-        request_train_config,
-        requested_sequences,
-        train_local,
-    )
 
     policy = load_policy(node.workspace, ROLE_SITE)
     if kind == MSG_DESCRIBE:
@@ -110,6 +102,17 @@ def handle(kind: str, msg, context, node: NodeIdentity):
         raise PolicyRefusal("a site node does not evaluate (the target node does)")
     if kind != MSG_TRAIN:
         raise PolicyRefusal(f"message type {msg.metadata.message_type!r} is not served by a site")
+    # torch (and MONAI) only for training: a describe answers without them (the ClientApp
+    # starts anew for every message on a deployed node).
+    import torch  # noqa: F401  (Flower's torch conversions need it imported)
+
+    from shared.federation.local import (
+        arrays_digest,
+        request_train_config,
+        requested_sequences,
+        train_local,
+    )
+
     config = dict(msg.content.config_records.get(CONFIG, {}))
     req = check_request(policy, config, default_data="synthetic")
     if "arrays" not in msg.content.array_records:
