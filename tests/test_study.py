@@ -280,3 +280,15 @@ def test_attainable_seed_level_p_matches_scipy_and_is_reported() -> None:
     notes = "\n".join(_attainable_notes(rows))
     assert "0.0781" in notes and "9 seeds" in notes  # 10 * 2 / 2**9 = 0.039
     assert _attainable_notes([{"fraction": 1.0, "seeds": 10} for _ in range(10)]) == []
+
+
+def test_default_seeds_let_five_conditions_pass_holm_at_small_fractions(stores, tmp_path):
+    """With the issue's 5 conditions (10 pairs), the default seed count must leave room for a
+    seed-level difference to be significant; 8 seeds would not (floor 0.078)."""
+    from coordinator.study.report import min_holm_wilcoxon_p
+
+    p = write_config(tmp_path / "s.toml", stores)
+    p.write_text(p.read_text().replace("seeds = 2\nseeds_large = 1\n", ""))
+    cfg = load_study_config(p)
+    assert cfg.seeds >= 8 and cfg.seeds_large >= 3
+    assert min_holm_wilcoxon_p(cfg.seeds, 10) < 0.05
