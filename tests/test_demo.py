@@ -114,6 +114,14 @@ def test_demo_workspace_of_another_plan_is_refused_in_one_line(tmp_path: Path) -
     assert "Traceback" not in proc.stderr
 
 
+def test_workspace_that_is_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    proc = _cli("coordinator", "demo", "--quick", "--workspace", str(f))
+    assert proc.returncode == 3, proc.stderr
+    assert "is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_failed_step_names_its_exit_code_and_log(tmp_path: Path) -> None:
     runner = Runner(tmp_path, {})
     cmd = [

@@ -29,6 +29,7 @@ from coordinator.demo.configs import write_fed_toml, write_study_toml
 from coordinator.demo.plan import DemoPlan
 from coordinator.demo.steps import DemoState, Runner, StepFailed, tool
 from shared.atomic import atomic_write_text
+from shared.errors import InputError
 from site_agent.export.keys import PASSPHRASE_ENV
 
 SITE = tool("site-agent")
@@ -46,7 +47,14 @@ class Demo:
     def __init__(self, plan: DemoPlan, workspace: Path) -> None:
         self.plan = plan
         self.ws = workspace.resolve()
-        self.ws.mkdir(parents=True, exist_ok=True)
+        if self.ws.exists() and not self.ws.is_dir():
+            raise InputError(f"demo workspace {workspace} exists and is not a folder")
+        try:
+            self.ws.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"cannot create the demo workspace {workspace}: {exc.strerror}"
+            ) from None
         self.state = DemoState(self.ws, plan.record())
         self.coord = self.ws / "coordinator"
         self.sites = {s.name: self.ws / "sites" / s.name for s in plan.sites}

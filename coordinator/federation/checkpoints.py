@@ -176,6 +176,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     r = [int(x["round"]) for x in rows]
@@ -192,6 +193,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         if 0 < n_pre < len(rows):
             ax.axvline(n_pre + 0.5, color="grey", ls="--", lw=1)
         ax.set_xlabel("round (pretrain | adapt)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.legend(fontsize=7)
     ax2.set_ylim(0, 1)
     ax1.set_title("loss")
