@@ -23,7 +23,9 @@ from shared.ingest.labels import LabelSheet
 from shared.profiles import Profile
 from shared.volume import load_nifti
 
-INGEST_VERSION = 2  # 2: the prostate mask (when given) is kept in the case
+# 2: the prostate mask (when given) is kept in the case; 3: no SeriesDescription in case.json
+# (it is free text a technologist may fill with a patient's name): the role's reason instead.
+INGEST_VERSION = 3
 
 
 @dataclass
@@ -86,7 +88,10 @@ def _run_job(job: _Job) -> tuple[str, str | None]:
             profile=job.profile.name,
             sequences={
                 r: {
-                    "series_description": s.chosen[r].description,
+                    # Why this series was chosen (e.g. "ImageType ADC", "b=1400 s/mm² from
+                    # siemens-private"): built from fixed phrases, never from header text.
+                    "chosen_because": s.chosen[r].reason,
+                    "series_number": s.chosen[r].series_number,
                     "b_value": s.chosen[r].b_value,
                     "computed": s.chosen[r].computed,
                     "acquired_spacing_mm": [round(float(v), 4) for v in vols[r].spacing],
