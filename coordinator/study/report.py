@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,8 @@ def plot(summary: list[dict[str, Any]], path: Path, title_note: str) -> None:
 
 
 def write_outputs(results: list[dict[str, Any]], out: Path, phantom: bool) -> dict[str, Path]:
-    """predictions.csv, metrics.csv, comparisons.csv, report.md and study.png in ``out``."""
+    """predictions.csv, metrics.csv, comparisons.csv, report.md, report.html (self-contained,
+    the plot inline) and study.png in ``out``."""
     preds = [
         {
             "case": cid,
@@ -188,6 +190,7 @@ def write_outputs(results: list[dict[str, Any]], out: Path, phantom: bool) -> di
             "metrics": "metrics.csv",
             "comparisons": "comparisons.csv",
             "report": "report.md",
+            "report_html": "report.html",
             "plot": "study.png",
         }.items()
     }
@@ -205,66 +208,101 @@ def write_outputs(results: list[dict[str, Any]], out: Path, phantom: bool) -> di
     note = PHANTOM_NOTE if phantom else "external institution data"
     plot(summary, paths["plot"], "phantom data" if phantom else "external data")
     atomic_write_text(paths["report"], render_report(summary, comps, note))
+    from coordinator.study.report_html import render_report_html  # imports this module
+
+    html = render_report_html(summary, comps, note, paths["plot"].read_bytes())
+    atomic_write_text(paths["report_html"], html)
     return paths
 
 
-def render_report(summary: list[dict[str, Any]], comps: list[dict[str, Any]], note: str) -> str:
+@dataclass
+class Section:
+    """One part of the report, rendered alike as markdown (``render_report``) and HTML
+    (``report_html``): a title, an optional paragraph, an optional table (``marked`` rows are
+    the significant ones) and an optional list of statements."""
+
+    title: str
+    text: str = ""
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    marked: list[bool] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    paper_table: bool = False  # a condition x fraction table of mean ± sd (numbers aligned)
+
+
+TITLE = "Source-free adaptation study"
+PLOT_CAPTION = "AUC and AP against the fraction of external data"
+
+
+def _how_seeds_are_combined() -> str:
+    """The module docstring's paragraph on the statistics, as one sentence-cased line."""
+    text = (__doc__ or "").split("How seeds are combined: ")[1].split("\n\n")[0]
+    text = text.replace("\n", " ")
+    return text[:1].upper() + text[1:]
+
+
+def _diff_ci(r: dict[str, Any], metric: str) -> str:
+    return (
+        f"{r[f'{metric}_diff_mean']:+.3f} ({r[f'{metric}_diff_ci_low']:+.3f}, "
+        f"{r[f'{metric}_diff_ci_high']:+.3f})"
+    )
+
+
+def report_sections(summary: list[dict[str, Any]], comps: list[dict[str, Any]]) -> list[Section]:
+    """The paper-style tables, the paired comparisons and the significance statements."""
     fracs = sorted({r["fraction"] for r in summary})
     conds = sorted({r["condition"] for r in summary})
     cell = {(r["condition"], r["fraction"]): r for r in summary}
-    lines = [
-        "# Source-free adaptation study",
-        "",
-        f"_{note}_",
-        "",
-        "![AUC and AP against the fraction of external data](study.png)",
-        "",
-        "## AUC on the external test set (mean ± sd over seeds)",
-        "",
-        "| pretraining | "
-        + " | ".join(
-            f"{_frac_label(f)} (n={cell[(conds[0], f)]['n_train']})"
-            if (conds[0], f) in cell
-            else _frac_label(f)
-            for f in fracs
-        )
-        + " |",
-        "|---|" + "---|" * len(fracs),
+    auc_header = ["pretraining"] + [
+        f"{_frac_label(f)} (n={cell[(conds[0], f)]['n_train']})"
+        if (conds[0], f) in cell
+        else _frac_label(f)
+        for f in fracs
     ]
-    for metric in ("auc", "ap"):
-        if metric == "ap":
-            lines += [
-                "",
-                "## Average precision (mean ± sd over seeds)",
-                "",
-                "| pretraining | " + " | ".join(_frac_label(f) for f in fracs) + " |",
-                "|---|" + "---|" * len(fracs),
-            ]
+    sections = []
+    for metric, title, header in (
+        ("auc", "AUC on the external test set (mean ± sd over seeds)", auc_header),
+        (
+            "ap",
+            "Average precision (mean ± sd over seeds)",
+            ["pretraining"] + [_frac_label(f) for f in fracs],
+        ),
+    ):
+        rows = []
         for c in conds:
             vals = []
             for f in fracs:
                 r = cell.get((c, f))
                 vals.append(f"{r[f'{metric}_mean']:.3f} ± {r[f'{metric}_sd']:.3f}" if r else "–")
-            lines.append(f"| {c} | " + " | ".join(vals) + " |")
-    lines += [
-        "",
-        "## Paired comparisons",
-        "",
-        __doc__.split("How seeds are combined: ")[1].split("\n\n")[0].replace("\n", " "),
-        "",
-        "| fraction | A vs B | ΔAUC (95% CI) | seeds A better | p (seeds, Holm) | "
-        "ΔAP (95% CI) | p (seeds, Holm) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+            rows.append([c, *vals])
+        sections.append(Section(title, header=header, rows=rows, paper_table=True))
+    comp = Section(
+        "Paired comparisons",
+        text=_how_seeds_are_combined(),
+        header=[
+            "fraction",
+            "A vs B",
+            "ΔAUC (95% CI)",
+            "seeds A better",
+            "p (seeds, Holm)",
+            "ΔAP (95% CI)",
+            "p (seeds, Holm)",
+        ],
+    )
     significant = []
     for r in comps:
-        lines.append(
-            f"| {_frac_label(r['fraction'])} | {r['condition_a']} vs {r['condition_b']} | "
-            f"{r['auc_diff_mean']:+.3f} ({r['auc_diff_ci_low']:+.3f}, {r['auc_diff_ci_high']:+.3f})"
-            f" | {r['auc_seeds_a_better']}/{r['seeds']} | {r['auc_p_seed_level_holm']:.3g} | "
-            f"{r['ap_diff_mean']:+.3f} ({r['ap_diff_ci_low']:+.3f}, {r['ap_diff_ci_high']:+.3f})"
-            f" | {r['ap_p_seed_level_holm']:.3g} |"
+        comp.rows.append(
+            [
+                _frac_label(r["fraction"]),
+                f"{r['condition_a']} vs {r['condition_b']}",
+                _diff_ci(r, "auc"),
+                f"{r['auc_seeds_a_better']}/{r['seeds']}",
+                f"{r['auc_p_seed_level_holm']:.3g}",
+                _diff_ci(r, "ap"),
+                f"{r['ap_p_seed_level_holm']:.3g}",
+            ]
         )
+        comp.marked.append(r["auc_p_seed_level_holm"] < 0.05)
         if r["auc_p_seed_level_holm"] < 0.05:
             better = r["condition_a"] if r["auc_diff_mean"] > 0 else r["condition_b"]
             significant.append(
@@ -273,9 +311,29 @@ def render_report(summary: list[dict[str, Any]], comps: list[dict[str, Any]], no
                 f"{r['auc_diff_mean']:+.3f}, Holm p = "
                 f"{r['auc_p_seed_level_holm']:.3g})"
             )
-    lines += ["", "## Significant differences (seed level, Holm-corrected, α = 0.05)", ""]
-    lines += [f"- {s}" for s in significant] or ["- none"]
-    lines += _attainable_notes(comps)
+    sections += [
+        comp,
+        Section(
+            "Significant differences (seed level, Holm-corrected, α = 0.05)",
+            items=significant or ["none"],
+        ),
+    ]
+    attainable = _attainable_statements(comps)
+    if attainable:
+        sections.append(Section("What these seeds can show", items=attainable))
+    return sections
+
+
+def render_report(summary: list[dict[str, Any]], comps: list[dict[str, Any]], note: str) -> str:
+    lines = [f"# {TITLE}", "", f"_{note}_", "", f"![{PLOT_CAPTION}](study.png)"]
+    for s in report_sections(summary, comps):
+        lines += ["", f"## {s.title}", ""]
+        if s.text:
+            lines += [s.text, ""]
+        if s.header:
+            lines += ["| " + " | ".join(s.header) + " |", "|---|" + "---|" * (len(s.header) - 1)]
+            lines += ["| " + " | ".join(r) + " |" for r in s.rows]
+        lines += [f"- {i}" for i in s.items]
     return "\n".join(lines) + "\n"
 
 
@@ -287,6 +345,12 @@ def min_holm_wilcoxon_p(seeds: int, pairs: int) -> float:
 
 
 def _attainable_notes(comps: list[dict[str, Any]]) -> list[str]:
+    """The markdown lines of ``_attainable_statements`` under their heading (none: [])."""
+    notes = [f"- {s}" for s in _attainable_statements(comps)]
+    return ["", "## What these seeds can show", "", *notes] if notes else []
+
+
+def _attainable_statements(comps: list[dict[str, Any]]) -> list[str]:
     """Say where no seed-level difference could have been significant, and what would do."""
     notes = []
     for f in sorted({r["fraction"] for r in comps}):
@@ -296,10 +360,10 @@ def _attainable_notes(comps: list[dict[str, Any]]) -> list[str]:
         if floor >= 0.05:
             need = next(n for n in range(seeds, 64) if min_holm_wilcoxon_p(n, pairs) < 0.05)
             notes.append(
-                f"- At {_frac_label(f)}, {seeds} seeds and {pairs} comparisons: the smallest "
+                f"At {_frac_label(f)}, {seeds} seeds and {pairs} comparisons: the smallest "
                 f"attainable Holm-adjusted Wilcoxon p is {floor:.3g}, so no difference can be "
                 f"significant at the seed level there (even if every seed agrees); {need} seeds "
                 "or fewer pre-registered comparisons would allow it. The per-seed DeLong tests "
                 "and the confidence intervals above still show the size and direction."
             )
-    return ["", "## What these seeds can show", "", *notes] if notes else []
+    return notes

@@ -173,9 +173,18 @@ def review_cmd(
         Path | None, typer.Option("--public-key", help="Verify with this key instead.")
     ] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Report folder.")] = None,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Also write review.html: one self-contained page for a data-protection "
+            "officer (no network, figures inline).",
+        ),
+    ] = False,
 ) -> None:
     """Check a bundle's signature and hashes, re-run the PHI scan, print a summary and write
-    review.md (+ montage.png). Exits 5 on any finding."""
+    review.md (+ montage.png; with --html a self-contained review.html). Exits 5 on any
+    finding."""
     from rich.table import Table
 
     from shared.bundle.signing import fingerprint, load_public_key
@@ -186,9 +195,11 @@ def review_cmd(
     if public_key is not None:
         k = load_public_key(public_key)
         keys = {fingerprint(k): k}
+        described = f"the public key in {public_key}"
     else:
         keys = public_keys(workspace)
-    res = review_bundle(bundle, workspace, keys, report)
+        described = "the site's public key"
+    res = review_bundle(bundle, workspace, keys, report, html=html, key_description=described)
     m = res.manifest
     t = Table(title=f"bundle {m['bundle_id'][:8]} from {m['site']} ({m['kind']})")
     t.add_column("item")
@@ -207,6 +218,8 @@ def review_cmd(
     t.add_row("PHI scan (now)", "passed" if res.ok else f"{len(res.findings)} finding(s)")
     t.add_row("report", str(res.report_dir / "review.md"))
     out.print(t)
+    if res.html_path is not None:  # on its own line: a table cell would cut a long path
+        out.print(f"review page: {res.html_path}", highlight=False, soft_wrap=True)
     for f in res.findings[:20]:
         err.print(f"  [red]finding[/] {f}", highlight=False)
     if not res.ok:

@@ -2,7 +2,9 @@
 
 Verifies the signature (site key, or a given public key) and every hash, re-runs the PHI scan
 with the manifest's minted UIDs and the workspace's deny-list, and writes ``review.md`` plus
-``montage.png`` (middle slice of each sequence for up to 16 cases) into the report folder.
+``montage.png`` (middle slice of each sequence for up to 16 cases) into the report folder;
+with ``html`` also ``review.html``, the self-contained page for a data-protection officer
+(``review_html``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class ReviewResult:
     phi: PhiReport
     report_dir: Path
     findings: list[str] = field(default_factory=list)
+    html_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -60,11 +63,18 @@ def _montage(root: Path, manifest: dict[str, Any], path: Path) -> bool:
 
 
 def review_bundle(
-    bundle: Path, workspace: Path, keys: dict[str, Any], report_dir: Path | None = None
+    bundle: Path,
+    workspace: Path,
+    keys: dict[str, Any],
+    report_dir: Path | None = None,
+    *,
+    html: bool = False,
+    key_description: str = "the site's public key",
 ) -> ReviewResult:
     deny = DenyList.load(workspace)
+    montages: dict[str, bytes] = {}
     with open_bundle(bundle) as root:
-        vb = verify_bundle(root, keys, key_description="the site's public key")
+        vb = verify_bundle(root, keys, key_description=key_description)
         m = vb.manifest
         minted = set(m.get("uids", []))
         phi = scan_payload(root, m["kind"], minted, deny)
@@ -72,6 +82,10 @@ def review_bundle(
         report_dir = report_dir or Path(workspace) / "reports" / f"review-{m['bundle_id'][:8]}"
         report_dir.mkdir(parents=True, exist_ok=True)
         has_montage = m["kind"] == "synthetic" and _montage(root, m, report_dir / "montage.png")
+        if html and m["kind"] == "synthetic":  # while the verified payload is still unpacked
+            from site_agent.export.review_figures import montage_by_sequence
+
+            montages = montage_by_sequence(root, m.get("payload", {}).get("cases", []))
     findings = [f.line() for f in phi.findings]
     memo = m.get("privacy", {}).get("memorisation")
     lines = [
@@ -103,4 +117,36 @@ def review_bundle(
         lines += ["", "![montage](montage.png)"]
     lines += ["", "## Files", ""] + [f"- {f['path']} ({f['size']} B)" for f in m["files"][:500]]
     (report_dir / "review.md").write_text("\n".join(lines) + "\n")
-    return ReviewResult(m, phi, report_dir, findings)
+    html_path = None
+    if html:
+        html_path = _write_html(workspace, vb, phi, key_description, montages, report_dir)
+    return ReviewResult(m, phi, report_dir, findings, html_path)
+
+
+def _write_html(
+    workspace: Path,
+    vb: Any,
+    phi: PhiReport,
+    key_description: str,
+    montages: dict[str, bytes],
+    report_dir: Path,
+) -> Path:
+    from shared.atomic import atomic_write_text
+    from site_agent.export.review_figures import memorisation_histogram
+    from site_agent.export.review_html import ReviewPage, bundle_audit, render_review_html
+
+    m = vb.manifest
+    memo = m.get("privacy", {}).get("memorisation")
+    page = ReviewPage(
+        manifest=m,
+        key_fingerprint=vb.key_fingerprint,
+        manifest_sha256=vb.manifest_sha256,
+        key_description=key_description,
+        phi=phi,
+        audit=bundle_audit(workspace, m["bundle_id"]),
+        histogram=memorisation_histogram(memo) if memo else None,
+        montage=montages,
+    )
+    path = report_dir / "review.html"
+    atomic_write_text(path, render_review_html(page))
+    return path

@@ -25,7 +25,9 @@ at once and would otherwise be flagged by the calibrated threshold alone; so a c
 on a measure when it is below the threshold **and** its nearest distance is below ``alpha``
 (default 0.5) times the mean distance to its ``k`` nearest training cases (default 5).
 
-Only counts, thresholds and distance summaries leave the site (the manifest); never case ids.
+Only counts, thresholds and distances leave the site (the manifest): summaries, the sorted
+held-out reference distances and each screened synthetic sample's distances (for the review
+page's histogram); never case ids.
 """
 
 from __future__ import annotations
@@ -124,6 +126,11 @@ def uniqueness(distances: np.ndarray, k: int) -> np.ndarray:
 
 def _threshold(distances: np.ndarray, q: float) -> float:
     return float(np.quantile(distances, q, method="lower"))
+
+
+def _values(d: Any) -> list[float]:
+    """Distances as a plain rounded list (the manifest's per-case record; no case ids)."""
+    return [round(float(x), 6) for x in d]
 
 
 def _stats(d: np.ndarray) -> dict[str, float]:
@@ -233,6 +240,11 @@ def build_reference(
         "training cases (uniqueness)",
         "image_measure": "1 - mean over t2w/hbv/adc of Pearson r to the nearest training case",
         "held_out_image_distance": _stats(d_img),
+        # the whole reference distribution, sorted so that no order links it to a patient:
+        # the review page draws the screened samples against it
+        "held_out_image_distances": _values(np.sort(d_img)),
+        "alpha": config.alpha,
+        "k_nearest": config.k_nearest,
     }
     train_lat, lat_thr = None, None
     if config.use_latents and encoder is None:
@@ -250,6 +262,7 @@ def build_reference(
         lat_thr = _threshold(d_lat, config.quantile)
         calibration["latent_measure"] = "RMS distance of scaled posterior-mean latents"
         calibration["held_out_latent_distance"] = _stats(d_lat)
+        calibration["held_out_latent_distances"] = _values(np.sort(d_lat))
     else:
         calibration["latent_measure"] = "unavailable (no site autoencoder)"
         encoder = None
@@ -314,6 +327,19 @@ def summarise(reference: Reference, scores: list[CaseScore], screened: int) -> d
             "image": sum("image" in s.reasons for s in scores),
             "latent": sum("latent" in s.reasons for s in scores),
         },
+    }
+    # Every screened sample's distances in screening order, flagged ones included, so a
+    # reviewer can see the whole distribution against the threshold; synthetic samples only.
+    out["per_case"] = {
+        "image_distance": _values(s.image_distance for s in scores),
+        "image_uniqueness": _values(s.image_uniqueness for s in scores),
+        "latent_distance": None
+        if any(s.latent_distance is None for s in scores)
+        else _values(s.latent_distance for s in scores),
+        "latent_uniqueness": None
+        if any(s.latent_uniqueness is None for s in scores)
+        else _values(s.latent_uniqueness for s in scores),
+        "flagged": [int(s.flagged) for s in scores],
     }
     if kept:
         out["exported_image_distance"] = _stats(np.array([s.image_distance for s in kept]))

@@ -60,16 +60,50 @@ class Finding:
 
 
 @dataclass
+class KeptElement:
+    """A DICOM attribute that passed, with the allowlist rule that let it through (the review
+    page lists these; the value itself is never recorded)."""
+
+    level: str  # "file meta", "data set" or the keyword of the enclosing sequence
+    keyword: str
+    rule: str  # the rule in words (``describe_rule``)
+    count: int = 0  # how many times it was kept, over all files
+
+
+def describe_rule(rule: Rule) -> str:
+    """An allowlist rule in plain words, for a reader who does not read the code."""
+    if rule.kind == "const":
+        return "fixed value: " + " | ".join(rule.values)
+    if rule.kind == "regex":
+        return f"pattern {rule.values[0]}"
+    return {
+        "empty": "must be empty",
+        "number": "numbers only",
+        "uid": "UID minted by this export (listed in the manifest) or a standard UID",
+        "sequence": "sequence; each item checked against its own list",
+        "pixels": "pixel data (synthetic image)",
+        "any": "any value (fixed binary version field)",
+    }.get(rule.kind, rule.kind)
+
+
+@dataclass
 class PhiReport:
     files: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
     elements: int = 0
     deny_list_entries: int = 0
     findings: list[Finding] = field(default_factory=list)
+    kept: dict[tuple[str, str], KeptElement] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return not self.findings
+
+    def keep(self, level: str, keyword: str, rule: Rule) -> None:
+        item = self.kept.get((level, keyword))
+        if item is None:
+            item = self.kept[(level, keyword)] = KeptElement(level, keyword, describe_rule(rule))
+        item.count += 1
 
     def summary(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
@@ -125,8 +159,12 @@ def _walk(
     minted: set[str],
     rel: str,
     report: PhiReport,
+    section: str | None = None,
 ) -> None:
+    """Judge every element of ``ds`` at ``level``; ``section`` names the level in the tally of
+    kept elements (default: the level's sequence keyword, or "data set" at the top)."""
     allowed = rules.get(level, {})
+    section = section or level or "data set"
     for elem in ds:
         tag = elem.tag
         where = f"{prefix}({tag.group:04X},{tag.element:04X})"
@@ -150,27 +188,45 @@ def _walk(
             if rule.kind != "sequence":
                 report.findings.append(Finding(rel, "value", name, "unexpected sequence"))
                 continue
+            report.keep(section, kw, rule)
             for i, item in enumerate(elem.value):
                 _walk(item, kw, f"{name}[{i}].", rules, minted, rel, report)
             continue
-        if elem.VR == "UI":
-            text = _text(elem)
-            if rule.kind == "const":  # a fixed standard or implementation UID
-                if not rule.accepts(text):
-                    report.findings.append(Finding(rel, "uid", name, "UID not the expected one"))
-            else:
-                report.findings += _check_uid(text, minted, rel, name)
-            continue
-        if rule.kind == "pixels":
-            if level != "" or kw != "PixelData":
-                report.findings.append(Finding(rel, "value", name, "pixel data out of place"))
-            continue
-        if rule.kind == "any":
-            continue
-        if not rule.accepts(_text(elem)):
-            report.findings.append(
-                Finding(rel, "value", name, f"value not allowed for this attribute ({rule.kind})")
-            )
+        before = len(report.findings)
+        _judge_value(elem, level, kw, name, rule, minted, rel, report)
+        if len(report.findings) == before:
+            report.keep(section, kw, rule)
+
+
+def _judge_value(
+    elem: Any,
+    level: str,
+    kw: str,
+    name: str,
+    rule: Rule,
+    minted: set[str],
+    rel: str,
+    report: PhiReport,
+) -> None:
+    """Findings for one non-sequence element already on the allowlist."""
+    if elem.VR == "UI":
+        text = _text(elem)
+        if rule.kind == "const":  # a fixed standard or implementation UID
+            if not rule.accepts(text):
+                report.findings.append(Finding(rel, "uid", name, "UID not the expected one"))
+        else:
+            report.findings += _check_uid(text, minted, rel, name)
+        return
+    if rule.kind == "pixels":
+        if level != "" or kw != "PixelData":
+            report.findings.append(Finding(rel, "value", name, "pixel data out of place"))
+        return
+    if rule.kind == "any":
+        return
+    if not rule.accepts(_text(elem)):
+        report.findings.append(
+            Finding(rel, "value", name, f"value not allowed for this attribute ({rule.kind})")
+        )
 
 
 def scan_dicom(path: Path, rel: str, minted: set[str], deny: DenyList, report: PhiReport) -> None:
@@ -188,7 +244,7 @@ def scan_dicom(path: Path, rel: str, minted: set[str], deny: DenyList, report: P
     except (InvalidDicomError, ValueError, EOFError, struct.error) as exc:
         report.findings.append(Finding(rel, "unreadable", "file", f"cannot parse ({exc})"))
         return
-    _walk(ds.file_meta, "", "FileMeta.", {"": FILE_META}, minted, rel, report)
+    _walk(ds.file_meta, "", "FileMeta.", {"": FILE_META}, minted, rel, report, "file meta")
     _walk(ds, "", "", MR_SYNTHETIC, minted, rel, report)
     if ds.file_meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID"):
         report.findings.append(
