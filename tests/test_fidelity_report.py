@@ -243,11 +243,61 @@ def test_report_files_and_content(workspace, report):
     assert not list(out.glob(".*"))  # no temporary files left
 
 
+def test_report_says_whether_the_set_is_worth_exporting(workspace, report):
+    """Issue 12: label fidelity, TSTR and precision/recall in the JSON and the markdown. The
+    synthetic cases here are noisy copies of real ones, so they keep the lesion label."""
+    on_disk = json.loads((workspace / "reports" / "fidelity" / "fidelity.json").read_text())
+    d = on_disk["diagnostics"]
+    assert d == json.loads(json.dumps(report["diagnostics"]))
+    assert set(d["label_fidelity"]) == {
+        "auc_synthetic", "ap_synthetic", "auc_real_heldout", "ap_real_heldout", "n_synthetic",
+        "n_heldout",
+    }  # fmt: skip
+    assert {"auc_train_synthetic", "ap_train_synthetic", "auc_train_real", "ap_train_real"} <= set(
+        d["tstr"]
+    )
+    assert d["label_fidelity"]["n_synthetic"] == 6 and d["label_fidelity"]["n_heldout"] == 2
+    assert d["label_fidelity"]["auc_synthetic"] >= 0.9  # the blob survives the copy
+    assert d["precision_recall"].keys() == {"t2w", "hbv", "adc"}
+    for v in d["precision_recall"].values():
+        assert 0 <= v["synthetic"]["precision"] <= 1 and 0 <= v["synthetic"]["recall"] <= 1
+    st = d["settings"]
+    assert st["k"] == 3 and st["seed"] == 0 and st["classifier"]["network"] == "small-cnn"
+    assert st["split"].startswith("made here")  # this workspace has no holdout.json
+    assert report["seconds"]["diagnostics"] < report["seconds"]["total"]
+
+    md = (workspace / "reports" / "fidelity" / "fidelity.md").read_text()
+    section = md.split("## Is this synthetic set worth exporting?")[1].split("\n## ")[0]
+    for key in ("label_fidelity", "tstr", "precision", "recall"):
+        assert d["reading"][key] in section, key
+    assert "near 0.5" in section and "mode collapse" in section and "off-manifold" in section
+    assert f"{d['label_fidelity']['auc_synthetic']:.3f}" in section
+    assert fr.PHANTOM_SENTENCE in section
+    for s in ("t2w", "hbv", "adc"):
+        assert f"| {s} | " in section
+
+
+def test_report_without_a_usable_split_says_why(workspace, tmp_path):
+    """Real training cases of one class: the diagnostics cannot train a classifier, the rest of
+    the report still stands and the section says why."""
+    ws = tmp_path / "ws"
+    for p in list_cases(workspace / "cases" / "real"):
+        if read_case(p).meta.label.cspca == 1:
+            shutil.copytree(p, ws / "cases" / "real" / p.name)
+    shutil.copytree(model_dir(workspace, "autoencoder"), model_dir(ws, "autoencoder"))
+    make_synthetic(ws)
+    rep = fr.write_fidelity_report(ws, seed=0, n_boot=0)
+    assert "one class only" in rep["diagnostics"]["error"]
+    md = Path(rep["paths"]["markdown"]).read_text()
+    assert "Not computed: " in md and rep["sequences"]["hbv"]["distance"]["kid"] is not None
+
+
 def test_report_is_deterministic_and_sees_a_shift(workspace, report, tmp_path):
     again = fr.write_fidelity_report(workspace, tmp_path / "again", seed=0, n_boot=20)
     for s in ("t2w", "hbv", "adc"):
         a, b = report["sequences"][s]["distance"], again["sequences"][s]["distance"]
         assert a["kid"] == b["kid"] and a["frechet_ci95"] == b["frechet_ci95"]
+    assert again["diagnostics"] == report["diagnostics"]
     ws = tmp_path / "ws"
     shutil.copytree(workspace / "cases" / "real", ws / "cases" / "real")
     shutil.copytree(model_dir(workspace, "autoencoder"), model_dir(ws, "autoencoder"))
@@ -295,5 +345,13 @@ def test_cli_command_prints_where_the_report_is(workspace, tmp_path):
     assert res.exit_code == 0, res.output
     assert str(out / "fidelity.md") in res.output.replace("\n", "")
     assert "hbv" in res.output and (out / "montage.png").is_file()
+    assert "worth exporting? label-fidelity AUC" in res.output
+    res = CliRunner().invoke(
+        app, ["fidelity", "-w", str(workspace), "--out", str(out), "--n-boot", "0", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.output)
+    assert rec["diagnostics"]["tstr"]["auc_train_real"] is not None
+    assert rec["diagnostics"]["precision_recall"]["adc"]["synthetic"]["k"] == 3
     res = CliRunner().invoke(app, ["fidelity", "-w", str(tmp_path / "empty")])
     assert res.exit_code == 3 and "no synthetic cases" in res.output

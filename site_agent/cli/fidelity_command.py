@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,18 +27,30 @@ def fidelity(
     n_boot: Annotated[
         int, typer.Option("--n-boot", min=0, help="Bootstrap resamples for the intervals.")
     ] = 200,
+    classifier_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--classifier-steps",
+            min=1,
+            help="Steps of the diagnostics' classifiers (default: the profile's pretraining).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Compare WORKSPACE/cases/synthetic with WORKSPACE/cases/real for t2w, hbv and adc
     separately: KID and Fréchet distance on features of the site's own autoencoder (with
     bootstrap intervals and a real-vs-real baseline), intensity statistics, lesion contrast,
-    MS-SSIM diversity, and a montage. Writes fidelity.json, fidelity.md and montage.png. The
-    montage shows real patients: it stays on site and is never part of an export."""
+    MS-SSIM diversity, a montage, and whether the set is worth exporting (label fidelity,
+    train-on-synthetic-test-on-real, precision/recall). Writes fidelity.json, fidelity.md and
+    montage.png. The montage shows real patients: it stays on site and is never part of an
+    export."""
     from site_agent.generative.fidelity_report import write_fidelity_report
 
     if not json_out:
         err.print("[dim]encoding cases and computing the report...[/]")
-    report = write_fidelity_report(workspace, out_dir, seed=seed, n_boot=n_boot)
+    report = write_fidelity_report(
+        workspace, out_dir, seed=seed, n_boot=n_boot, classifier_steps=classifier_steps
+    )
     if json_out:
         print_json(report)
         return
@@ -61,10 +73,28 @@ def fidelity(
             f"lesion AUC real/synthetic {auc}, MS-SSIM synthetic/real {div}",
             highlight=False,
         )
+    out.print(_diagnostics_line(report["diagnostics"]), highlight=False)
     paths = report["paths"]
     out.print(f"report: {paths['markdown']}", highlight=False, soft_wrap=True)
     out.print(
         f"montage: {paths['montage']} (real patients: stays on site, never exported)",
         highlight=False,
         soft_wrap=True,
+    )
+
+
+def _diagnostics_line(d: dict[str, Any]) -> str:
+    """One line: label fidelity and TSTR beside their real references, recall per sequence."""
+    if "error" in d:
+        return f"worth exporting? not computed: {d['error']}"
+    lf, t = d["label_fidelity"], d["tstr"]
+    pr = " ".join(
+        f"{s} {_num(v['synthetic']['precision'])}/{_num(v['synthetic']['recall'])}"
+        for s, v in d["precision_recall"].items()
+        if v["synthetic"]
+    )
+    return (
+        f"worth exporting? label-fidelity AUC {_num(lf['auc_synthetic'])} (held-out real "
+        f"{_num(lf['auc_real_heldout'])}), TSTR AUC {_num(t['auc_train_synthetic'])} (train-real "
+        f"{_num(t['auc_train_real'])}), precision/recall {pr}"
     )

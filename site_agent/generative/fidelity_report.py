@@ -32,6 +32,9 @@ and adc **separately** (the published work validated T2 only).
    and among real cases, per sequence; scales and kernel are chosen to fit the grid.
 5. **Montage** of real and synthetic mid-slices. It shows real patients: it stays on site and
    is never part of an export.
+6. **Is this synthetic set worth exporting?** Label fidelity, train-on-synthetic-test-on-real
+   and per-sequence precision/recall (``site_agent.generative.diagnostics``), each with the
+   real-data value it should be judged against.
 
 Nothing here writes a case id: the report carries aggregates only (the montage excepted).
 """
@@ -69,6 +72,7 @@ KID_SUBSET_SIZE = 1000
 BASELINE_SPLITS = 20
 MAX_DIVERSITY_CASES = 32  # per side: at most 496 pairs
 MONTAGE_PER_SIDE = 4
+FEW_HELDOUT = 20  # below this many held-out real cases, say their AUC is coarse
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 # +1: positives should have the higher statistic (bright lesion), -1: the lower (dark lesion)
 DIRECTION = {"t2w": -1, "hbv": 1, "adc": -1}
@@ -587,11 +591,20 @@ def _intensity_summary(side: Side, k: int) -> dict[str, Any]:
 
 
 def write_fidelity_report(
-    workspace: Path, out_dir: Path | None = None, seed: int = 0, n_boot: int = 200
+    workspace: Path,
+    out_dir: Path | None = None,
+    seed: int = 0,
+    n_boot: int = 200,
+    *,
+    classifier_steps: int | None = None,
 ) -> dict[str, Any]:
     """Compare ``WS/cases/synthetic`` with ``WS/cases/real`` per sequence and write
     ``fidelity.json``, ``fidelity.md`` and ``montage.png`` to ``out_dir`` (default
     ``WS/reports/fidelity``); returns the JSON content (plus the file paths).
+
+    The diagnostics section (``synthetic_diagnostics``; ``classifier_steps`` defaults to the
+    profile's pretraining steps) is replaced by ``{"error": why}`` when the site's data cannot
+    support it (e.g. real training cases of one class only), so the rest of the report stands.
 
     Raises ``InputError`` without synthetic cases, without a trained autoencoder, or with fewer
     than ``MIN_CASES`` cases on either side. Deterministic for a given ``seed``.
@@ -676,6 +689,10 @@ def write_fidelity_report(
     png = _montage_png(real, syn)
     timings["montage"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    diagnostics = _diagnostics(workspace, syn_f, seed, device, classifier_steps)
+    timings["diagnostics"] = time.perf_counter() - t0
+
     report: dict[str, Any] = {
         "format": FORMAT,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -706,6 +723,7 @@ def write_fidelity_report(
             },
         },
         "sequences": sequences,
+        "diagnostics": diagnostics,
         "notes": [STAYS_ON_SITE, PHANTOM_SENTENCE],
     }
     timings["total"] = time.perf_counter() - t_start
@@ -720,6 +738,20 @@ def write_fidelity_report(
     atomic_write_text(files["markdown"], render_markdown(report, workspace))
     atomic_write_json(files["json"], report)
     return report | {"paths": {k: str(v) for k, v in files.items()}}
+
+
+def _diagnostics(
+    workspace: Path, syn: list[Path], seed: int, device: Any, classifier_steps: int | None
+) -> dict[str, Any]:
+    """The worth-exporting diagnostics, or why they could not be computed."""
+    from site_agent.generative.diagnostics import synthetic_diagnostics
+
+    try:
+        return synthetic_diagnostics(
+            workspace, syn, seed=seed, device=device, classifier_steps=classifier_steps
+        )
+    except InputError as exc:
+        return {"error": exc.message}
 
 
 # --- montage and markdown -----------------------------------------------------------------
@@ -775,6 +807,72 @@ def _ci(ci: list[float] | None, digits: int = 3) -> str:
     return "" if not ci else f" [{_f(ci[0], digits)}, {_f(ci[1], digits)}]"
 
 
+def _pair(auc: float | None, ap: float | None) -> str:
+    return f"{_f(auc)} ({_f(ap)})"
+
+
+def _pr_cell(v: dict[str, Any] | None) -> str:
+    return (
+        "n/a"
+        if not v
+        else f"{_f(v['precision'], 2)} / {_f(v['recall'], 2)} (n={v['n_synthetic']}, k={v['k']})"
+    )
+
+
+def _diagnostics_markdown(d: dict[str, Any]) -> list[str]:
+    """The "worth exporting?" section: values beside their real-data references, and how to
+    read each."""
+    lines = ["## Is this synthetic set worth exporting?", ""]
+    if "error" in d:
+        return [*lines, f"Not computed: {d['error']}", ""]
+    lf, t, st, rd = d["label_fidelity"], d["tstr"], d["settings"], d["reading"]
+    c, clf = st["cases"], st["classifier"]
+    lines += [
+        f"Classifier `{clf['network']}`, {clf['steps']} steps, seed {st['seed']}, trained on "
+        f"{c['real_train']} real training cases ({c['real_train_positive']} csPCa+); "
+        f"{c['real_heldout']} held-out real cases ({c['real_heldout_positive']} csPCa+; split: "
+        f"{st['split']}); {c['synthetic']} synthetic cases ({c['synthetic_positive']} csPCa+). "
+        + (
+            f"With {c['real_heldout']} held-out cases the real references are coarse. "
+            if c["real_heldout"] < FEW_HELDOUT
+            else ""
+        )
+        + PHANTOM_SENTENCE,
+        "",
+        "| diagnostic | synthetic: AUC (AP) | real reference: AUC (AP) |",
+        "|---|---|---|",
+        f"| label fidelity: real-trained classifier on the synthetic cases, against their "
+        f"generated labels | {_pair(lf['auc_synthetic'], lf['ap_synthetic'])} | on the held-out "
+        f"real cases: {_pair(lf['auc_real_heldout'], lf['ap_real_heldout'])} |",
+        f"| TSTR: classifier trained on synthetic, tested on the held-out real cases | "
+        f"{_pair(t['auc_train_synthetic'], t['ap_train_synthetic'])} | trained on the real "
+        f"training cases: {_pair(t['auc_train_real'], t['ap_train_real'])} |",
+        "",
+        f"- {rd['label_fidelity']}",
+        f"- {rd['tstr']}",
+        "",
+        f"Precision / recall (Kynkäänniemi et al. 2019, k-NN manifolds with k = {st['k']}, "
+        "features of the site's autoencoder z-scored with the real training cases), each "
+        "against the real training cases:",
+        "",
+        "| sequence | synthetic | synthetic cut to the held-out size | held-out real (baseline) |",
+        "|---|---|---|---|",
+    ]
+    for s, v in d["precision_recall"].items():
+        lines.append(
+            f"| {s} | {_pr_cell(v['synthetic'])} | {_pr_cell(v['synthetic_at_heldout_size'])} "
+            f"| {_pr_cell(v['real_heldout_baseline'])} |"
+        )
+    lines += [
+        "",
+        f"- {rd['precision']}",
+        f"- {rd['recall']} Recall grows with the size of the compared set, so compare the "
+        "synthetic set cut to the held-out size with the held-out baseline (same n).",
+        "",
+    ]
+    return lines
+
+
 def render_markdown(report: dict[str, Any], workspace: Path) -> str:
     """The readable page of a report dict."""
     c = report["cases"]
@@ -809,6 +907,7 @@ def render_markdown(report: dict[str, Any], workspace: Path) -> str:
         + (", ".join(f"{k} {v}" for k, v in prov.items() if k != "diffusion_sha256") or "n/a")
         + ".",
         "",
+        *_diagnostics_markdown(report["diagnostics"]),
         "## How it is measured",
         "",
         f"- **Features**: the site's own autoencoder encoder (sha256 "
