@@ -202,6 +202,20 @@ def test_msssim_fits_the_tiny_grid():
     assert noise["mean"] < 0.5 and noise["n_pairs"] == 6
 
 
+def test_msssim_is_cached_by_volumes_and_settings(tmp_path):
+    cfg = fr.msssim_settings(GRID)
+    rng = np.random.default_rng(6)
+    vols = rng.random((3, *GRID)).astype(np.float32)
+    first = fr.cached_similarity(tmp_path, vols, 1.0, cfg)
+    assert first == fr.pairwise_similarity(vols, 1.0, cfg)
+    (path,) = tmp_path.glob("msssim-*.json")
+    path.write_text(json.dumps(first | {"mean": 42.0}))
+    assert fr.cached_similarity(tmp_path, vols, 1.0, cfg)["mean"] == 42.0  # read, not recomputed
+    assert fr.cached_similarity(tmp_path, vols + 0.1, 1.0, cfg)["mean"] != 42.0
+    assert fr.cached_similarity(tmp_path, vols, 3.0, cfg)["mean"] != 42.0
+    assert len(list(tmp_path.glob("msssim-*.json"))) == 3
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -353,5 +367,6 @@ def test_cli_command_prints_where_the_report_is(workspace, tmp_path):
     rec = json.loads(res.output)
     assert rec["diagnostics"]["tstr"]["auc_train_real"] is not None
     assert rec["diagnostics"]["precision_recall"]["adc"]["synthetic"]["k"] == 3
+    (tmp_path / "empty").mkdir()  # a workspace that exists but holds no cases
     res = CliRunner().invoke(app, ["fidelity", "-w", str(tmp_path / "empty")])
     assert res.exit_code == 3 and "no synthetic cases" in res.output

@@ -345,6 +345,31 @@ def pairwise_similarity(
     return {"mean": float(v.mean()), "sd": float(v.std()), "n_cases": n, "n_pairs": int(len(v))}
 
 
+def cached_similarity(
+    cache: Path,
+    volumes: np.ndarray,
+    data_range: float,
+    settings: dict[str, Any],
+    device: Any = None,
+) -> dict[str, Any]:
+    """``pairwise_similarity``, kept in ``cache`` under a digest of the volumes and settings:
+    the real side's MS-SSIM is the report's slowest part and the same in every report of a
+    workspace (and a report rerun on the same synthetic set repeats the other side too)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(np.ascontiguousarray(volumes, dtype=np.float32).tobytes())
+    h.update(json.dumps([volumes.shape, data_range, settings], sort_keys=True).encode())
+    path = cache / f"msssim-{h.hexdigest()[:24]}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass  # not cached yet (or unreadable): compute
+    result = pairwise_similarity(volumes, data_range, settings, device=device)
+    atomic_write_json(path, result)
+    return result
+
+
 def foreground(case_t2w: np.ndarray) -> np.ndarray:
     """Body/foreground mask: t2w above ``FOREGROUND_T2W`` (whole volume if nearly empty)."""
     mask = case_t2w > FOREGROUND_T2W
@@ -668,7 +693,8 @@ def write_fidelity_report(
 
         t0 = time.perf_counter()
         diversity = {
-            side.name: pairwise_similarity(
+            side.name: cached_similarity(
+                workspace / "work" / "fidelity",
                 np.stack([v[k] for _, v in sorted(side.kept.items())]),
                 DATA_RANGE[s],
                 ssim_cfg,
