@@ -1,4 +1,4 @@
-"""``coordinator trust add|list`` and ``coordinator import`` (parse and print only)."""
+"""``coordinator trust add|rotate|list`` and ``coordinator import`` (parse and print only)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,39 @@ def trust_add(
     from coordinator.trust.store import add_trusted
 
     entry = add_trusted(workspace, site, public_key, fingerprint, replace)
-    out.print(f"pinned {site}: fingerprint {entry['fingerprint']}", highlight=False)
+    out.print(f"pinned {site}: fingerprint {entry['fingerprint']}", highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def trust_rotate(
+    handover: Annotated[
+        Path, typer.Argument(help="The site's key hand-over (keys/handovers/*.json).")
+    ],
+    site: Annotated[str, typer.Option("--site", help="The site's id (as in its bundles).")],
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--fingerprint",
+            help="The new key's fingerprint as the site read it out; required when the "
+            "hand-over is not signed by the pinned key (the site lost its private key).",
+        ),
+    ] = None,
+    workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace"),
+) -> None:
+    """Pin a site's new key from its signed key hand-over: accepted when the currently pinned
+    key signed it (or, after a lost private key, with --fingerprint confirmed out of band).
+    The old key stays pinned as retired, so bundles it signed before the hand-over still
+    import. Exit 4 when the hand-over does not verify or is not signed by the pinned key."""
+    from coordinator.trust.store import rotate_trusted
+
+    entry = rotate_trusted(workspace, site, handover, fingerprint)
+    old = entry["retired"][-1]
+    out.print(
+        f"pinned {site}: fingerprint {entry['fingerprint']} "
+        f"(retired {old['fingerprint'][:16]}..., valid until {old['not_after']})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @handle_errors
@@ -60,6 +92,7 @@ def import_cmd(
 def register(app: typer.Typer) -> None:
     trust = typer.Typer(help="Pinned site keys.", no_args_is_help=True)
     trust.command("add")(trust_add)
+    trust.command("rotate")(trust_rotate)
     trust.command("list")(trust_list)
     app.add_typer(trust, name="trust")
     app.command("import")(import_cmd)

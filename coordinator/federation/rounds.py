@@ -254,6 +254,7 @@ class Federation:
         self.targets = [n.node_id for n in nodes if n.role == ROLE_TARGET]
         self.names = {n.node_id: n.site or n.role for n in nodes}
         self.strategy = FedAvg(weighted_by_key="num-examples")
+        self.audit_heads: dict[int, tuple[int, str]] = {}  # each site's last audit-log head
 
     def name(self, node: int) -> str:
         return f"{self.names.get(node, 'node')} (node {node})"
@@ -281,7 +282,9 @@ class Federation:
         arrays = ArrayRecord(state)
         reference = {k: v.numpy() for k, v in arrays.items()}
         ex = self.send(arrays, _request(cfg, phase, r), trainers, MSG_TRAIN)
-        accepted, rejected, _ = validate_replies(ex.replies, reference, cfg.norm_factor)
+        accepted, rejected, _ = validate_replies(
+            ex.replies, reference, cfg.norm_factor, self.audit_heads
+        )
         rej = [x.to_json() | {"node": self.name(x.node_id)} for x in rejected] + [
             {"node-id": n, "node": self.name(n), "reason": why, "missing": True}
             for n, why in sorted(ex.missing.items())

@@ -3,7 +3,9 @@
 A reply is rejected (and logged with its reason) if it is an error, lacks the ``arrays`` or
 ``metrics`` record or a positive finite ``num-examples``, has other tensor names, shapes or
 dtypes than the global model, holds NaN or Inf, or if its update norm (distance from the global
-model) exceeds ``norm_factor`` times the median of the *other* replies' update norms.
+model) exceeds ``norm_factor`` times the median of the *other* replies' update norms, or if
+the site's audit-log head it carries (ConfigRecord ``audit-head``) went backwards or moved to
+another hash at a position seen before in this run: the site's log was cut back or rebuilt.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.bundle.anchor import AUDIT_HEAD_RECORD, AuditHead
+from shared.errors import IntegrityError
 from shared.federation.records import ARRAYS, METRICS, NUM_EXAMPLES, update_norm
 
 
@@ -56,14 +60,45 @@ def _check_one(msg, reference: dict[str, np.ndarray]) -> tuple[str | None, float
     return None, update_norm(arrays, reference)
 
 
+def audit_head_problem(node: int, raw: Any, seen: dict[int, tuple[int, str]]) -> str | None:
+    """Why the audit head ``raw`` a node sent cannot follow the last one it sent (kept in
+    ``seen``, updated when it fits); None for a node that sends none (a target node)."""
+    if raw is None:
+        return None
+    try:
+        head = AuditHead.parse(dict(raw), "audit head")
+    except (IntegrityError, TypeError, ValueError) as exc:
+        return f"unreadable audit head ({exc})"
+    last = seen.get(node)
+    if last is not None and head.seq < last[0]:
+        return (
+            f"the site's audit log went backwards: {head.seq} entries after {last[0]} in an "
+            "earlier reply (truncated or wiped)"
+        )
+    if last is not None and head.seq == last[0] and head.hash != last[1]:
+        return f"the site's audit log has another hash at entry {head.seq} (rewritten)"
+    seen[node] = (head.seq, head.hash)
+    return None
+
+
 def validate_replies(
-    replies: list, reference: dict[str, np.ndarray], norm_factor: float
+    replies: list,
+    reference: dict[str, np.ndarray],
+    norm_factor: float,
+    heads: dict[int, tuple[int, str]] | None = None,
 ) -> tuple[list, list[Rejection], dict[int, float]]:
-    """Split train replies into (accepted, rejected); also return each accepted update norm."""
+    """Split train replies into (accepted, rejected); also return each accepted update norm.
+    ``heads`` (node -> last audit head seen) carries the audit-head check across rounds."""
     candidates: list[tuple[Any, float]] = []
     rejected: list[Rejection] = []
+    heads = {} if heads is None else heads
     for msg in replies:
         reason, norm = _check_one(msg, reference)
+        if reason is None:
+            node = int(msg.metadata.src_node_id)
+            reason = audit_head_problem(
+                node, msg.content.config_records.get(AUDIT_HEAD_RECORD), heads
+            )
         if reason:
             rejected.append(Rejection(int(msg.metadata.src_node_id), reason))
         else:

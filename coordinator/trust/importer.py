@@ -2,7 +2,10 @@
 
 Nothing in the payload is opened before ``shared.bundle.verify_bundle`` has checked the
 signature (against every pinned key, on the raw manifest bytes) and every file's hash. The
-manifest's site must be the one the key was pinned for. Synthetic cases land in the case
+manifest's site must be the one the key was pinned for; a key the site has rotated out
+(still pinned as retired) is accepted only for bundles dated before its retirement; and the
+audit-log head the manifest records must fit those seen from the site before
+(``coordinator.trust.anchors``). Synthetic cases land in the case
 format (origin ``synthetic``) under ``WS/imports/<site>/<bundle-id>/cases/<case-id>/``,
 weights under ``.../weights/<model>/``; the import is one atomic folder, and
 ``WS/imports/index.json`` refuses a bundle imported before.
@@ -20,9 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.trust.store import trusted_keys
+from coordinator.trust.anchors import check_head, record_head
+from coordinator.trust.store import PinnedKey, pinned_keys
 from shared.atomic import atomic_directory, atomic_write_json
-from shared.bundle.format import MANIFEST, SIGNATURE, VerifiedBundle, open_bundle, verify_bundle
+from shared.bundle.anchor import AUDIT_HEAD_FIELD, AuditHead, parse_time
+from shared.bundle.format import (
+    MANIFEST,
+    SIGNATURE,
+    UnknownSigner,
+    VerifiedBundle,
+    open_bundle,
+    unverified_claims,
+    verify_bundle,
+)
 from shared.case_format import SEQUENCES, CaseMeta, Label, scale_adc, write_case
 from shared.errors import InputError, IntegrityError
 from shared.volume import Volume
@@ -49,17 +62,38 @@ def _index(workspace: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"bundles": {}}
 
 
+def _other_key(root: Path, pinned: dict[str, PinnedKey]) -> IntegrityError | None:
+    """When the (unverified) manifest names a pinned site but another key than its pinned
+    ones, say so with that key's fingerprint (the usual cause: the site rotated its key)."""
+    claims = unverified_claims(root)
+    site, fp = claims.get("site"), claims.get("key_fingerprint")
+    mine = [p for p in pinned.values() if p.site == site]
+    if not site or not fp or not mine or fp in {p.fingerprint for p in mine}:
+        return None
+    current = next((p.fingerprint for p in mine if p.not_after is None), mine[0].fingerprint)
+    return IntegrityError(
+        f"this bundle was signed by a key other than the one pinned for site {site} "
+        f"(fingerprint {fp}; pinned {current[:16]}...)",
+        hint="if the site rotated its key, pin the new one from its signed hand-over: "
+        f"coordinator trust rotate HANDOVER --site {site}",
+    )
+
+
 def verify_against_trust(root: Path, workspace: Path) -> tuple[VerifiedBundle, str]:
-    keys = trusted_keys(workspace)
-    if not keys:
+    pinned = pinned_keys(workspace)
+    if not any(p.not_after is None for p in pinned.values()):
         raise IntegrityError(
             "no site key is pinned in this coordinator workspace",
-            hint="pin the site key first: coordinator trust add --site NAME --public-key FILE",
+            hint="pin the site key first: coordinator trust add SITE-KEY.pub --site NAME",
         )
-    vb = verify_bundle(
-        root, {fp: k for fp, (_, k) in keys.items()}, key_description="any pinned site key"
-    )
-    site = keys[vb.key_fingerprint][0]
+    try:
+        vb = verify_bundle(
+            root, {fp: p.key for fp, p in pinned.items()}, key_description="any pinned site key"
+        )
+    except UnknownSigner as exc:
+        raise (_other_key(root, pinned) or exc) from None
+    key = pinned[vb.key_fingerprint]
+    site = key.site
     if vb.manifest.get("site") != site:
         raise IntegrityError(
             f"bundle claims site {vb.manifest.get('site')!r} but is signed with the key pinned "
@@ -67,7 +101,21 @@ def verify_against_trust(root: Path, workspace: Path) -> tuple[VerifiedBundle, s
         )
     if vb.manifest.get("key_fingerprint") != vb.key_fingerprint:
         raise IntegrityError("manifest names another signing key than the one that signed it")
+    if key.not_after is not None:
+        created, end = parse_time(vb.manifest.get("created")), parse_time(key.not_after)
+        if created is None or end is None or created > end:
+            raise IntegrityError(
+                f"bundle dated {vb.manifest.get('created')} is signed by a retired key of "
+                f"{site} ({key.fingerprint[:16]}..., valid until {key.not_after}): refused",
+                hint="a retired key signs nothing after its hand-over; ask the site to "
+                "re-export with its current key",
+            )
     return vb, site
+
+
+def _audit_head(vb: VerifiedBundle) -> AuditHead | None:
+    raw = vb.manifest.get(AUDIT_HEAD_FIELD)
+    return None if raw is None else AuditHead.parse(raw, "manifest audit head")
 
 
 def _import_cases(vb: VerifiedBundle, dest: Path, site: str) -> int:
@@ -137,6 +185,11 @@ def import_bundle(workspace: Path, bundle: Path) -> ImportResult:
                 f"bundle {bundle_id} from {site} was already imported on {seen['imported']}",
                 hint=f"its cases are in {seen['folder']}",
             )
+        head = _audit_head(vb)
+        # ordered by when the site read its head (older manifests: when the bundle was made)
+        created = (head.time if head else None) or vb.manifest.get("created")
+        source = f"bundle {bundle_id[:8]}"
+        check_head(workspace, site, head, created, source)
         kind = vb.manifest.get("kind")
         final = imports_dir(workspace) / site / bundle_id
         n_cases, weights = 0, []
@@ -164,4 +217,5 @@ def import_bundle(workspace: Path, bundle: Path) -> ImportResult:
             "imported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         atomic_write_json(imports_dir(workspace) / "index.json", index)
+        record_head(workspace, site, head, created, source)
     return ImportResult(site, bundle_id, str(kind), final, n_cases, weights)

@@ -4,7 +4,8 @@ Verification order (nothing from the payload is parsed before step 4 passes):
 
 1. ``manifest.json`` and ``manifest.sig`` exist as regular files (not links);
 2. the signature verifies, over the exact bytes of ``manifest.json``, against one of the keys
-   the caller trusts (no JSON is parsed before this);
+   the caller trusts (no JSON is parsed before this; when it fails, ``unverified_claims`` may
+   read the site and key fingerprint the manifest names, only to name them in the error);
 3. the manifest is canonical JSON of a known format whose version this tool reads;
 4. every listed path is a safe relative path, every file on disk is listed (extra ones are
    rejected), none is missing, links are refused, and each size and SHA-256 matches.
@@ -113,6 +114,35 @@ def write_signed_manifest(
     return data
 
 
+class UnknownSigner(IntegrityError):
+    """The manifest signature verifies against none of the keys given (altered, or signed by
+    a key that is not trusted)."""
+
+
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+MAX_CLAIMS_BYTES = 1 << 20
+
+
+def unverified_claims(root: Path) -> dict[str, str]:
+    """``site`` and ``key_fingerprint`` as an *unverified* manifest states them, to say which
+    key a refused bundle names. Only these two plain strings are read, from a small regular
+    file; never act on them, only report them."""
+    try:
+        data = _read_small_regular(Path(root) / MANIFEST, MAX_CLAIMS_BYTES, MANIFEST)
+        manifest = json.loads(data)
+    except (IntegrityError, OSError, UnicodeDecodeError, ValueError):
+        return {}
+    if not isinstance(manifest, dict):
+        return {}
+    out: dict[str, str] = {}
+    site, fp = manifest.get("site"), manifest.get("key_fingerprint")
+    if isinstance(site, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{1,39}", site):
+        out["site"] = site
+    if isinstance(fp, str) and _FINGERPRINT.match(fp):
+        out["key_fingerprint"] = fp
+    return out
+
+
 @dataclass
 class VerifiedBundle:
     """A bundle whose signature and every file hash checked out."""
@@ -163,7 +193,7 @@ def verify_bundle(
     sig = _read_small_regular(root / SIGNATURE, SIGNATURE_BYTES, SIGNATURE)
     signer = next((fp for fp, k in keys.items() if verify_signature(k, sig, data)), None)
     if signer is None:
-        raise IntegrityError(
+        raise UnknownSigner(
             f"the manifest signature does not verify against {key_description}: the bundle "
             "was altered or signed by another key",
             hint="ask the site to re-export, or pin its current public key",

@@ -36,26 +36,109 @@ def _signer(workspace: Path):
 def keys_init(
     site: Annotated[str, typer.Option("--site", help="Site id printed on bundles (e.g. aurora).")],
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
-    force: Annotated[
-        bool, typer.Option("--force", help="Retire an existing key and make a new one.")
-    ] = False,
 ) -> None:
     """Create the site's Ed25519 signing key (private key encrypted with a passphrase from
     SITE_AGENT_KEY_PASSPHRASE or a prompt). Send WORKSPACE/keys/site-key.pub to the
-    coordinator and read the fingerprint to them over another channel."""
-    from site_agent.export.keys import PUBLIC, init_keys, key_dir
+    coordinator and read the fingerprint to them over another channel. Refuses when a key
+    exists: replace one with `keys rotate`."""
+    from site_agent.export.keys import PUBLIC, check_no_key, check_site_id, init_keys, key_dir
 
-    signer = init_keys(workspace, site, _passphrase(confirm=True), force=force)
-    out.print(f"site {signer.site}: public key {key_dir(workspace) / PUBLIC}")
-    out.print(f"fingerprint (SHA-256 of the raw key): {signer.fingerprint}", highlight=False)
+    check_site_id(site)  # bad input fails before the passphrase prompt
+    check_no_key(workspace)
+    signer = init_keys(workspace, site, _passphrase(confirm=True))
+    # soft_wrap: a fingerprint or path cut at the terminal width cannot be copied or compared
+    out.print(f"site {signer.site}: public key {key_dir(workspace) / PUBLIC}", soft_wrap=True)
+    out.print(
+        f"fingerprint (SHA-256 of the raw key): {signer.fingerprint}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@handle_errors
+def keys_rotate(
+    workspace: Annotated[Path, WS_OPT] = Path("workspace"),
+    lost_private_key: Annotated[
+        bool,
+        typer.Option(
+            "--lost-private-key",
+            help="The private key is lost: the hand-over is signed by the new key only and "
+            "the coordinator must confirm the new fingerprint out of band.",
+        ),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Retire the site key and make a new one: the old public key goes to keys/retired/ with
+    its validity period, a hand-over signed by the old and the new key (the new one only with
+    --lost-private-key) goes to keys/handovers/ for the coordinator, and the rotation is
+    logged. Past bundles and audit entries keep verifying. The new key takes the passphrase
+    from SITE_AGENT_NEW_KEY_PASSPHRASE, else SITE_AGENT_KEY_PASSPHRASE, else a prompt."""
+    import os
+
+    from site_agent.export.key_rotation import NEW_PASSPHRASE_ENV, rotate_keys
+    from site_agent.export.keys import site_identity
+
+    site_identity(workspace)  # no key: say so before asking for passphrases
+    old = None if lost_private_key else _passphrase()
+    new = os.environ.get(NEW_PASSPHRASE_ENV) or old
+    if new is None:
+        new = _passphrase(confirm=True)
+    res = rotate_keys(workspace, old, new, lost_private_key)
+    if json_out:
+        print_json(
+            res.__dict__ | {"handover": str(res.handover), "public_key": str(res.public_key)}
+        )
+        return
+    out.print(
+        f"site {res.site}: retired key {res.old_fingerprint}", highlight=False, soft_wrap=True
+    )
+    out.print(f"new public key {res.public_key}", highlight=False, soft_wrap=True)
+    out.print(
+        f"new fingerprint (SHA-256 of the raw key): {res.new_fingerprint}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(f"hand-over: {res.handover}", highlight=False, soft_wrap=True)
+    if res.mode == "rotate":
+        err.print(
+            "send the hand-over to the coordinator: coordinator trust rotate HANDOVER "
+            f"--site {res.site} (it is signed by the key they pinned)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        err.print(
+            "the hand-over is signed by the new key only: read the new fingerprint to the "
+            "coordinator out of band; they run coordinator trust rotate HANDOVER "
+            f"--site {res.site} --fingerprint {res.new_fingerprint}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @handle_errors
 def keys_show(workspace: Annotated[Path, WS_OPT] = Path("workspace")) -> None:
-    """Print the site id and key fingerprint."""
-    from site_agent.export.keys import site_identity
+    """Print the site id, the key fingerprint and the keys it took over from (with the
+    audit-log entries each one may sign)."""
+    from site_agent.export.keys import key_history, site_identity
 
-    print_json(site_identity(workspace))
+    ident = dict(site_identity(workspace))
+    history = key_history(workspace)
+    # "earlier_keys" sorts before "fingerprint": the current fingerprint stays the last one printed
+    ident["earlier_keys"] = [
+        {
+            "fingerprint": p.fingerprint,
+            "not_before": p.not_before,
+            "not_after": p.not_after,
+            "audit_entries": [p.first_seq, p.last_seq],
+            "handover": p.handover,
+        }
+        for p in history.periods.values()
+        if p.not_after is not None
+    ]
+    if history.problems:
+        ident["problems"] = history.problems
+    print_json(ident)
 
 
 def _print_export(res, json_out: bool) -> None:
@@ -231,18 +314,25 @@ def audit_verify_cmd(
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check the audit log's hash chain, signatures and signed head (exit 4 on tampering)."""
+    """Check the audit log's hash chain, each entry's signature against the key valid when it
+    was written, the signed head, and that the log is not shorter than the workspace's own
+    records (bundle manifests, federation replies, key hand-overs) prove. Exit 4 on any
+    problem (--json lists them all), 3 when WORKSPACE is not a site workspace."""
     from shared.errors import IntegrityError
     from site_agent.export import audit
-    from site_agent.export.keys import public_keys
 
-    rep = audit.verify(workspace, public_keys(workspace))
+    rep = audit.verify(workspace)
     if json_out:
         print_json({"entries": rep.entries, "events": rep.events, "problems": rep.problems})
-    for p in rep.problems:
-        err.print(f"  [red]{p}[/]", highlight=False)
     if not rep.ok:
-        raise IntegrityError(f"audit log of {workspace} failed verification ({len(rep.problems)})")
+        more = (
+            f" (and {len(rep.problems) - 1} more; --json lists them)"
+            if len(rep.problems) > 1
+            else ""
+        )
+        raise IntegrityError(
+            f"audit log of {workspace} failed verification: {rep.problems[0]}{more}"
+        )
     if not json_out:
         out.print(f"audit log intact: {rep.entries} entries {rep.events}", highlight=False)
 
@@ -251,6 +341,7 @@ def register(app: typer.Typer) -> None:
     keys = typer.Typer(help="The site's signing key.", no_args_is_help=True)
     keys.command("init")(keys_init)
     keys.command("show")(keys_show)
+    keys.command("rotate")(keys_rotate)
     app.add_typer(keys, name="keys")
     export = typer.Typer(help="Signed bundles through the privacy gate.", no_args_is_help=True)
     export.command("synthetic")(export_synthetic_cmd)

@@ -13,6 +13,7 @@ from typing import Any
 
 import shared
 from shared.atomic import atomic_directory, atomic_write_bytes
+from shared.bundle.anchor import AUDIT_HEAD_FIELD
 from shared.bundle.format import canonical_json, pack_tar, write_signed_manifest
 from shared.errors import InputError, PrivacyGateError
 from site_agent.export import audit
@@ -93,6 +94,9 @@ def finish(
     import hashlib
 
     staging = out if not tar else out.with_name(f".{out.name}.staging")
+    # The log's head goes into the signed manifest: a log later wiped or cut back below it
+    # fails `audit verify` here and `coordinator import` at the coordinator.
+    manifest[AUDIT_HEAD_FIELD] = audit.current_head(workspace).to_json()
     try:
         with atomic_directory(staging) as tmp:
             write_payload(tmp)

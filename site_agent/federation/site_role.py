@@ -5,6 +5,10 @@ It trains on ``WORKSPACE/cases/synthetic`` (or ``cases/real`` only if the site's
 (policy ``dp-clip-norm``), and appends every reply and refusal to the signed, hash-chained
 ``WORKSPACE/audit/audit.jsonl`` (the export log), so `site-agent audit verify` covers
 federation too. Case ids and paths never leave the node.
+
+Every reply carries the log's head (ConfigRecord ``audit-head``: entries so far and the last
+one's hash), and each reply's own entry is also noted in ``WORKSPACE/federation/replies.jsonl``:
+records outside the log that a wiped or shortened log no longer matches.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shared.bundle.anchor import AUDIT_HEAD_RECORD
 from shared.errors import InputError
 from shared.federation.node import NodeIdentity
 from shared.federation.policy import PolicyRefusal, check_request, load_policy
@@ -59,9 +64,34 @@ def open_audit(node: NodeIdentity) -> Callable[[str, dict[str, Any]], None]:
     signer = load_signer(node.workspace, _passphrase(node))
 
     def record(event: str, details: dict[str, Any]) -> None:
-        audit.append(node.workspace, signer, event, details | {"role": ROLE_SITE})
+        entry = audit.append(node.workspace, signer, event, details | {"role": ROLE_SITE})
+        if event == "federation-reply":
+            _journal_reply(node.workspace, entry)
 
     return record
+
+
+def _journal_reply(workspace: Path, entry: dict[str, Any]) -> None:
+    """Note the reply's own audit entry (position and hash) outside the log."""
+    import json
+
+    from shared.bundle.anchor import AUDIT_HEAD_FIELD
+    from site_agent.export import audit
+
+    path = Path(workspace) / audit.REPLIES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"time": entry["time"], AUDIT_HEAD_FIELD: audit.entry_head(entry).to_json()}
+    with open(path, "a") as fh:  # append-only, like the log it anchors
+        fh.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def _head_record(workspace: Path):
+    """The ConfigRecord that tells the server how far this site's audit log has come."""
+    from flwr.app import ConfigRecord
+
+    from site_agent.export import audit
+
+    return ConfigRecord(audit.current_head(workspace).to_json())
 
 
 def _load(node: NodeIdentity, data: str, sequences: list[str]):
@@ -95,6 +125,7 @@ def handle(kind: str, msg, context, node: NodeIdentity):
                     {NUM_EXAMPLES: int(sum(counts.values()))}
                     | {f"cases-{k}": v for k, v in counts.items()}
                 ),
+                AUDIT_HEAD_RECORD: _head_record(node.workspace),
             }
         )
         return content, {"returned": "description", "cases": counts}
@@ -135,7 +166,13 @@ def handle(kind: str, msg, context, node: NodeIdentity):
         "clipped": int(res.clipped),
     }
     digest, nbytes = arrays_digest({k: v.numpy() for k, v in state.items()})
-    content = RecordDict({ARRAYS: record, METRICS: MetricRecord(metrics)})
+    content = RecordDict(
+        {
+            ARRAYS: record,
+            METRICS: MetricRecord(metrics),
+            AUDIT_HEAD_RECORD: _head_record(node.workspace),
+        }
+    )
     details = {
         "returned": ["classifier-weights", "metrics"],
         "data": req["data"],
