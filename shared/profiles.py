@@ -101,6 +101,9 @@ class DiffusionSpec:
     num_res_blocks: int = 1
     norm_num_groups: int = 16
     label_dropout: float = 0.15  # probability of replacing the label by the null class
+    # Left-right flips of the training latents (p = 0.5): the pelvis is close to mirror
+    # symmetric and lesions occur on either side, so a small site's data counts twice.
+    flip_augment: bool = False
     ema_decay: float = 0.999
     loss: str = "mse"  # "mse" or "l1"
     grad_clip: float = 1.0

@@ -224,6 +224,39 @@ def test_diffusion_trains_with_finite_loss(tmp_path, objective):
     assert checkpoint_step(tmp_path / CHECKPOINT_FILE) == spec.train_steps
 
 
+def test_flip_augment_shows_mirrored_latents(tmp_path, monkeypatch):
+    """With flip_augment the denoiser also trains on left-right mirrored latents (axis x),
+    never on anything else; without it, only on the latents as cached."""
+    import dataclasses
+
+    lat, y, sp = _latent_data()
+    seen: list[np.ndarray] = []
+    real_loss = dm.diffusion_loss
+
+    def spy(model, sched, objective, x0, *args, **kwargs):
+        seen.extend(x0.numpy())
+        return real_loss(model, sched, objective, x0, *args, **kwargs)
+
+    monkeypatch.setattr(dm, "diffusion_loss", spy)
+
+    def kinds(flip: bool) -> set[str]:
+        seen.clear()
+        spec = dataclasses.replace(small_profile().diffusion, flip_augment=flip)
+        dm.train_diffusion(lat, y, sp, spec, tmp_path / str(flip), seed=0)
+        out = set()
+        for x in seen:
+            if any(np.array_equal(x, a) for a in lat):
+                out.add("as cached")
+            elif any(np.array_equal(x, a[:, ::-1]) for a in lat):
+                out.add("mirrored")
+            else:
+                out.add("other")
+        return out
+
+    assert kinds(False) == {"as cached"}
+    assert kinds(True) == {"as cached", "mirrored"}
+
+
 class Killed(Exception):
     pass
 

@@ -210,6 +210,9 @@ def train_diffusion(
         y = labels[idx].copy()
         y[st.rng.random(len(idx)) < spec.label_dropout] = NULL_CLASS
         x0 = torch.from_numpy(latents[idx]).to(device)
+        if spec.flip_augment:  # axis 2 of (B, C, x, y, z) runs right to left (LPS)
+            flip = torch.from_numpy(st.rng.random(len(idx)) < 0.5).to(device)
+            x0 = torch.where(flip[:, None, None, None, None], x0.flip(2), x0)
         model.train()
         with autocast(device):
             loss = diffusion_loss(

@@ -330,9 +330,10 @@ def generate(
     steps: int | None = None,
     progress: Progress | None = None,
     device: torch.device | None = None,
+    out: Path | None = None,
 ) -> list[Path]:
-    """Write ``n`` synthetic cases (round(n * positive_fraction) positive) into
-    ``WS/cases/synthetic``; returns their folders.
+    """Write ``n`` synthetic cases (round(n * positive_fraction) positive) into ``out``
+    (default ``WS/cases/synthetic``); returns their folders.
 
     Defaults (sampler, steps, guidance) come from the profile the model was trained with;
     ``sampler="ddpm", steps=1000`` is the paper's baseline for a DDPM-trained model. Batches
@@ -365,7 +366,7 @@ def generate(
     scale = torch.tensor(
         [cfg["scale_factors"][s] for s in ("t2w", "hbv", "adc") for _ in range(per)]
     ).reshape(1, -1, 1, 1, 1)
-    out = synthetic_store(workspace)
+    out = synthetic_store(workspace) if out is None else out
     # Ids depend on every choice that shapes the cases, so a rerun with other settings never
     # mistakes earlier cases for its own finished batches.
     run = _digest([seed, n, positive_fraction, settings.sampler, settings.steps, settings.guidance])
