@@ -1,0 +1,110 @@
+"""The synthetic-value benchmark (issue 12): its sweep runs end to end at the smallest size,
+writes its JSON, table and plot, and resumes without redoing finished settings; its goal check
+reads the study's own comparisons the way the issue states the goal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import synthetic_value as sv
+
+
+def _comps(f: float, d_rec: float, p_rec: float, d_none: float, p_none: float) -> list[dict]:
+    return [
+        {
+            "fraction": f,
+            "condition_a": "reconstructed-source",  # stored as a - b with a sorted first
+            "condition_b": "synthetic-bpmri",
+            "auc_diff_mean": -d_rec,
+            "auc_p_seed_level_holm": p_rec,
+        },
+        {
+            "fraction": f,
+            "condition_a": "none",
+            "condition_b": "synthetic-bpmri",
+            "auc_diff_mean": -d_none,
+            "auc_p_seed_level_holm": p_none,
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("d_rec", "p_rec", "d_none", "p_none", "met"),
+    [
+        (0.02, 0.8, 0.10, 0.01, True),  # at least as good as the control, clearly above none
+        (-0.01, 0.9, 0.10, 0.01, False),  # mean below the control
+        (0.02, 0.8, 0.10, 0.20, False),  # above none, but not significantly
+        (0.02, 0.8, -0.05, 0.01, False),  # significantly *worse* than none
+    ],
+)
+def test_goal_check_follows_the_issue(d_rec, p_rec, d_none, p_none, met):
+    goal = sv.goal_check([], _comps(0.0625, d_rec, p_rec, d_none, p_none), [0.0625])
+    assert goal["0.0625"]["met"] is met
+    assert goal["met"] is met
+    assert goal["0.0625"]["vs_reconstructed_diff"] == pytest.approx(d_rec)
+    assert goal["0.0625"]["vs_none_diff"] == pytest.approx(d_none)
+
+
+def test_goal_needs_every_fraction():
+    comps = _comps(0.0625, 0.02, 0.8, 0.1, 0.01) + _comps(0.125, -0.02, 0.8, 0.1, 0.01)
+    goal = sv.goal_check([], comps, [0.0625, 0.125])
+    assert goal["0.0625"]["met"] and not goal["0.125"]["met"]
+    assert not goal["met"]
+
+
+def test_every_lever_of_the_issue_is_swept():
+    levers = {s.lever for s in sv.settings_for(sv.SIZES["full"])}
+    assert {"baseline", "count", "positives", "diffusion", "guidance", "pooling"} <= levers
+    full = {s.name: s for s in sv.settings_for(sv.SIZES["full"])}
+    assert {full["count-x4"].multiplier, full["count-x16"].multiplier} == {4, 16}
+    assert len(full["pooled-2-sites"].generators) == 2
+    long = next(s for s in full.values() if s.lever == "diffusion")
+    assert long.generators[0].diffusion_steps >= 5 * sv.SIZES["full"].diffusion_steps
+    assert sv.SIZES["full"].seeds >= 10
+
+
+@pytest.mark.slow
+def test_sweep_runs_end_to_end_and_resumes(tmp_path: Path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    first = ["baseline", "count-x2"]
+    sv.main(["--size", "smallest", "--work", str(work), "--out", str(out), "--only", *first])
+    rec = json.loads((out / "synthetic_value.json").read_text())
+    assert set(rec["settings"]) == set(first)
+    for name in first:
+        s = rec["settings"][name]
+        conds = {r["condition"] for r in s["summary"]}
+        assert conds == {"synthetic-bpmri", "reconstructed-source", "real-source", "none"}
+        for r in s["summary"]:
+            assert 0.0 <= r["auc_mean"] <= 1.0
+            assert r["seeds"] == sv.SIZES["smallest"].seeds
+        assert {c["fraction"] for c in s["comparisons"]} == set(sv.SIZES["smallest"].fractions)
+        assert all(len(c["auc_delong_p_per_seed"].split(";")) == 2 for c in s["comparisons"])
+    n1 = rec["settings"]["baseline"]["generation"]["aurora"]["n"]
+    n2 = rec["settings"]["count-x2"]["generation"]["aurora"]["n"]
+    assert n2 == 2 * n1 > 0
+    assert len(list((work / "settings" / "count-x2" / "cases" / "aurora").iterdir())) == n2
+    md = (out / "synthetic_value.md").read_text()
+    assert "count-x2" in md and "not clinical truth" in md
+    assert (out / "synthetic_value.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Resume: finished settings and stages are read back, not redone; a new one runs.
+    done = {p: p.stat().st_mtime_ns for p in (work / "settings").glob("*/result.json")}
+    cells = len(list((work / "study" / "cells").rglob("*.json")))
+    sv.main(["--size", "smallest", "--work", str(work), "--out", str(out), "--only",
+             "baseline", "pooled-2-sites"])  # fmt: skip
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
+    rec = json.loads((out / "synthetic_value.json").read_text())
+    assert set(rec["settings"]) == {"baseline", "pooled-2-sites"}
+    pooled = rec["settings"]["pooled-2-sites"]["generation"]
+    assert set(pooled) == {"aurora", "borealis"}
+    # only the new setting's synthetic cells were added (2 fractions x 2 seeds)
+    assert len(list((work / "study" / "cells").rglob("*.json"))) == cells + 4
+
+    # --report-only trains nothing and reports what is finished
+    sv.main(["--size", "smallest", "--work", str(work), "--out", str(out), "--report-only"])
+    rec = json.loads((out / "synthetic_value.json").read_text())
+    assert set(rec["settings"]) == {"baseline", "count-x2", "pooled-2-sites"}
+    assert not rec["complete"]
