@@ -111,7 +111,21 @@ def _read_headers(path: str) -> list[FrameHeader] | Skipped:
         return Skipped(path, f"malformed header ({type(exc).__name__}: {str(exc)[:80]})")
 
 
-def _frames(path: str, ds: Dataset, size: int) -> list[FrameHeader] | Skipped:
+def frames_from_dataset(
+    ds: Dataset, path: str = "", size: int = 0, require_pixels: bool = True
+) -> list[FrameHeader] | Skipped:
+    """Frame records of an already-parsed header (e.g. a PACS query's metadata, which has no
+    pixels: ``require_pixels=False``), with the same rules as files get."""
+    with _lenient_reading():
+        try:
+            return _frames(path, ds, size, require_pixels)
+        except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:
+            return Skipped(path, f"malformed header ({type(exc).__name__}: {str(exc)[:80]})")
+
+
+def _frames(
+    path: str, ds: Dataset, size: int, require_pixels: bool = True
+) -> list[FrameHeader] | Skipped:
     meta = getattr(ds, "file_meta", None)
     sop_class = str(
         ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")
@@ -124,14 +138,19 @@ def _frames(path: str, ds: Dataset, size: int) -> list[FrameHeader] | Skipped:
     if sop_class not in MR_CLASSES:
         return Skipped(path, f"unsupported SOP class {sop_class or 'missing'}")
     raw = ds.get_item(0x7FE00010, keep_deferred=True)
-    if raw is None:
+    if raw is None and require_pixels:
         return Skipped(path, "no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return Skipped(path, "unsupported: colour image")
     # Truncation: a defined-length PixelData must fit inside the file.
     tell = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
-    if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
+    if (
+        require_pixels
+        and tell is not None
+        and length not in (None, 0xFFFFFFFF)
+        and tell + length > size
+    ):
         return Skipped(path, f"truncated file (pixel data needs {tell + length} bytes, has {size})")
     ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
     common = dict(

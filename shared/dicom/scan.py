@@ -190,6 +190,18 @@ def classify(vol: VolumeInfo, n_orientations: int, n_temporal: int) -> tuple[str
     return "other", "unrecognised series description", False
 
 
+def description_hint(description: str) -> str | None:
+    """What a series description alone suggests ("t2w", "dwi", "adc" or None): used to flag a
+    series whose description disagrees with its ImageType (e.g. an ADC labelled T2)."""
+    if _RE_ADC.search(description):
+        return "adc"
+    if _RE_DWI.search(description):
+        return "dwi"
+    if _RE_T2.search(description) and not _RE_DYN.search(description.replace("t2", "")):
+        return "t2w"
+    return None
+
+
 def choose(
     volumes: list[VolumeInfo],
     mapping: dict[str, str] | None = None,

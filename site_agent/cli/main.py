@@ -9,6 +9,7 @@ from site_agent.cli import (
     export_commands,
     fidelity_command,
     generative_commands,
+    pacs_commands,
     pretrain_command,
 )
 
@@ -24,6 +25,7 @@ generative_commands.register(app)
 app.command("pretrain")(pretrain_command.pretrain_cmd)
 app.command("fidelity")(fidelity_command.fidelity)
 export_commands.register(app)
+pacs_commands.register(app)
 
 
 def main() -> None:
