@@ -74,11 +74,20 @@ SPECS: tuple[Spec, ...] = (
     Spec("sampling_speed", quick=("--n", "8"), workspace="site_workspace"),
     Spec("federation_overhead", quick=("--pretrain", "1", "--repeats", "1")),
     Spec(
+        "pacs_pull",
+        quick=("--studies", "3", "--profile", "tiny"),
+        full=("--studies", "12", "--profile", "cpu"),
+        requires="dicomweb_client",
+    ),
+    Spec(
         "study_grid",
         quick=("--seeds", "2", "--seeds-large", "1"),
         workspace="coordinator_workspace",
     ),
     Spec("phantom_calibration", quick=None),
+    # Hours on 2 cores: the runner reports the settings already finished in its cache
+    # (run `python -m benchmarks.synthetic_value` itself to extend them).
+    Spec("synthetic_value", quick=None, full=("--report-only",)),
 )
 
 

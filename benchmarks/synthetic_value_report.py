@@ -53,14 +53,26 @@ def _diag_cells(diag: dict[str, Any]) -> list[str]:
         return [str(diag.get("status", "–"))] + ["–"] * 3
     d = parts[0]
     lf, ts, pr = d.get("label_fidelity", {}), d.get("tstr", {}), d.get("precision_recall", {})
-    seqs = [v for k, v in pr.items() if k in ("t2w", "hbv", "adc") and isinstance(v, dict)]
-    prec = sum(v["precision"] for v in seqs) / len(seqs) if seqs else None
-    rec = sum(v["recall"] for v in seqs) / len(seqs) if seqs else None
+
+    def mean(which: str, key: str) -> float | None:
+        vals = [
+            v[which][key]
+            for q, v in pr.items()
+            if q in ("t2w", "hbv", "adc") and isinstance(v, dict) and v.get(which)
+        ]
+        return sum(vals) / len(vals) if vals else None
+
+    def judged(key: str) -> str:  # synthetic at the held-out size (held-out real baseline)
+        syn = mean("synthetic_at_heldout_size", key)
+        syn = mean("synthetic", key) if syn is None else syn  # as few synthetic as held-out
+        ref = mean("real_heldout_baseline", key)
+        return f"{_num(syn, 2)} ({_num(ref, 2)})"
+
     return [
         f"{_num(lf.get('auc_synthetic'), 2)} / {_num(lf.get('auc_real_heldout'), 2)}",
         f"{_num(ts.get('auc_train_synthetic'), 2)} / {_num(ts.get('auc_train_real'), 2)}",
-        _num(prec, 2),
-        _num(rec, 2),
+        judged("precision"),
+        judged("recall"),
     ]
 
 
@@ -117,8 +129,9 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "label fidelity = AUC of a classifier trained on the site's real training cases, on the "
         "synthetic cases | on held-out real cases; TSTR = AUC on held-out real cases of a "
         "classifier trained on synthetic | on real training cases; precision / recall "
-        "(Kynkäänniemi et al. 2019) in the site's autoencoder feature space, mean over "
-        "t2w/hbv/adc.",
+        "(Kynkäänniemi et al. 2019, k = 3) in the site's autoencoder feature space, mean over "
+        "t2w/hbv/adc, of synthetic subsets as large as the held-out real set (in brackets: the "
+        "held-out real cases themselves, the value a perfect generator would reach).",
         "",
         "| setting | synthetic cases | label fidelity syn / real | TSTR syn / real | "
         "precision | recall | memorised (flagged) | seconds (generate, diagnostics, study) |",
@@ -247,5 +260,7 @@ def write_report(rec: dict[str, Any], out: Path) -> list[Path]:
     paths = [out / "synthetic_value.json", out / "synthetic_value.md", out / "synthetic_value.png"]
     atomic_write_json(paths[0], rec)
     atomic_write_text(paths[1], render_markdown(rec))
+    if not rec["settings"]:
+        return paths[:2]
     plot(rec, paths[2])
     return paths
