@@ -367,3 +367,72 @@ def test_series_metadata_that_lies_is_caught(site, fresh_pacs, tmp_path):
     assert not (tmp_path / "ws" / "incoming").exists() or not list(
         (tmp_path / "ws" / "incoming").rglob("*.dcm")
     )
+
+
+def test_https_is_verified_against_the_site_ca_bundle(tmp_path):
+    """Debian's Orthanc 1.10 crashes on its first HTTPS request (civetweb with OpenSSL 3), so
+    TLS is checked against a minimal QIDO-RS server on loopback that knows no study."""
+    import http.server
+    import ssl
+    import threading
+
+    from shared.errors import NothingProducedError
+    from site_agent.ingest.sources import PacsRefused
+    from tests.orthanc_support import make_tls
+
+    class Empty(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *_a: object) -> None:
+            pass
+
+    server_pem, ca = make_tls(tmp_path / "tls")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(server_pem)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/dicom-web"
+    try:
+        trusted = DicomWebSource(url, Credentials(USER, PASSWORD), FAST, ca_bundle=str(ca))
+        with pytest.raises(NothingProducedError):  # TLS verified; the server knows no study
+            _run(trusted, tmp_path / "ws")
+        with pytest.raises(PacsRefused) as info:  # the system store does not know the site CA
+            _run(DicomWebSource(url, Credentials(USER, PASSWORD), FAST), tmp_path / "ws2")
+        assert "TLS verification" in info.value.message and "--ca-bundle" in (info.value.hint or "")
+    finally:
+        httpd.shutdown()
+
+
+def test_plain_http_to_another_host_is_refused(tmp_path):
+    proc = _cli(["pull", "-w", str(tmp_path), "--dicomweb", "http://pacs.example/dicom-web"])
+    _one_line_error(proc, 3, "refusing plain HTTP")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(pacs, tmp_path, monkeypatch):
+    import errno
+
+    from shared.errors import InputError
+    from site_agent.ingest import incoming
+
+    monkeypatch.setattr(incoming.IncomingStore, "free_bytes", lambda self: 1000)
+    with pytest.raises(InputError) as info:
+        _run(_web(pacs), tmp_path / "small")
+    assert "only 0 MB are free" in info.value.message
+    assert not list((tmp_path / "small").rglob("*.dcm"))
+    monkeypatch.undo()
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(incoming.os, "fsync", full)
+    with pytest.raises(InputError) as info:
+        _run(_web(pacs), tmp_path / "full")
+    assert "is full" in info.value.message and "rerun to resume" in info.value.message
+    _no_partials(tmp_path / "full")
+    assert not list((tmp_path / "full").rglob("*.dcm"))

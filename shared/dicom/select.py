@@ -65,6 +65,7 @@ class StudyPlan:
     roles: dict[str, set[str]] = field(default_factory=dict)  # role → SOP UIDs chosen for it
     notes: list[str] = field(default_factory=list)
     exact: bool = False  # the metadata judged every series: a scan of the fetch must agree
+    whole_series: set[str] = field(default_factory=set)  # fetched whole: one request may do
     total_series: int = 0
     total_instances: int = 0
     estimated_bytes: int = 0  # pixel bytes of what is planned (uncompressed estimate)
@@ -191,6 +192,9 @@ def plan_study(
     )
     # An empty list stays only for a series with no instance-level answer: "fetch it whole".
     plan.fetch = {k: v for k, v in plan.fetch.items() if v or not by_uid[k].instances}
+    plan.whole_series = {
+        k for k, v in plan.fetch.items() if set(v) == set(by_uid[k].sop_uids()) - useless
+    }
     return plan
 
 

@@ -111,11 +111,18 @@ class _Router:
         self.store = store
         self.lock = threading.Lock()
         self.waiting: dict[str, tuple[str, str, InstanceDone]] = {}
+        self.whole: dict[str, tuple[str, InstanceDone]] = {}  # unlisted series: any instance
 
     def expect(self, study: str, series: str, sops: list[str], done: InstanceDone) -> None:
         with self.lock:
             for sop in sops:
                 self.waiting[sop] = (study, series, done)
+            if not sops:
+                self.whole[series] = (study, done)
+
+    def forget_series(self, series: str) -> None:
+        with self.lock:
+            self.whole.pop(series, None)
 
     def forget(self, sops: list[str]) -> list[str]:
         """Stop waiting for ``sops``; returns those that never arrived."""
@@ -125,10 +132,27 @@ class _Router:
     def handle(self, data: bytes, sop: str) -> int:
         with self.lock:
             entry = self.waiting.pop(sop, None)
+        if entry is None and self.whole:
+            entry = self._in_whole_series(data, sop)
         if entry is None:
             return STATUS_CANNOT_UNDERSTAND  # nothing we asked for: refuse, write nothing
         study, series, done = entry
         return _store_one(self.store, data, (study, series, sop), done)
+
+    def _in_whole_series(self, data: bytes, sop: str) -> tuple[str, str, InstanceDone] | None:
+        import io
+
+        import pydicom
+
+        try:
+            series = str(
+                pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SeriesInstanceUID
+            )
+        except Exception:  # unreadable: refused like anything we did not ask for
+            return None
+        with self.lock:
+            hit = self.whole.get(series)
+        return None if hit is None else (hit[0], series, hit[1])
 
 
 def _store_one(
@@ -286,13 +310,14 @@ class DimseSource:
         sop_uids: list[str],
         store: IncomingStore,
         done: InstanceDone,
+        whole: bool = False,
     ) -> None:
         from pydicom.dataset import Dataset
 
         q = Dataset()
         q.StudyInstanceUID = study_uid
         q.SeriesInstanceUID = series_uid
-        if sop_uids:
+        if sop_uids and not whole:
             q.QueryRetrieveLevel = "IMAGE"
             q.SOPInstanceUID = sop_uids
         else:
@@ -348,6 +373,7 @@ class DimseSource:
                 final = self._drain(assoc.send_c_move(q, dest, MOVE), "C-MOVE")
         finally:
             missing = router.forget(sops)
+            router.forget_series(series)
         self._report_missing(missing, final, done)
 
     def _drain(self, responses: Any, what: str) -> Any:

@@ -154,12 +154,14 @@ class IncomingStore:
     def put(
         self,
         data: bytes,
-        expect: tuple[str, str, str] | None = None,
+        expect: tuple[str, str, str | None] | None = None,
     ) -> tuple[InstanceIds, bool]:
         """Check and store one instance; returns (its UIDs, True if written now / False if it
         was already there with the same content). Raises ``InstanceProblem`` or, for a full
         disk, ``InputError``."""
         ids = inspect_instance(data)
+        if expect is not None and expect[2] is None:
+            expect = (expect[0], expect[1], ids.sop_uid)  # any instance of that series
         if expect is not None and (ids.study_uid, ids.series_uid, ids.sop_uid) != expect:
             if ids.sop_uid == expect[2]:
                 raise InstanceProblem(

@@ -158,7 +158,10 @@ def pull(
             f"no MR study on {source.label} matched the filter ({_describe(queries)})",
             hint="widen --study-date / --description, or check the label sheet's keys",
         )
-    plans = [plan_study(h.study_uid, source.series_meta(h.study_uid), mapping) for h in hits]
+    # Planning waits on the PACS's metadata answers: ask for several studies at once.
+    with ThreadPoolExecutor(max_workers=max(1, limits.concurrency)) as pool:
+        metas = list(pool.map(lambda h: source.series_meta(h.study_uid), hits))
+    plans = [plan_study(h.study_uid, m, mapping) for h, m in zip(hits, metas, strict=True)]
     for p in plans:
         report.plans.append(p.summary())
         report.notes += [f"study …{p.study_uid[-12:]}: {n}" for n in p.notes]
@@ -208,19 +211,22 @@ def _find(source: PacsSource, queries: list[StudyQuery], limit: int | None) -> l
     return list(seen.values())
 
 
-Unit = tuple[str, str, list[str]]  # (study, series, SOP UIDs; [] = the whole series, unlisted)
+# (study, series, SOP UIDs, whole series?); SOP UIDs [] with whole: a series never listed.
+Unit = tuple[str, str, list[str], bool]
 
 
 def _units(plans: list[StudyPlan], store: IncomingStore, chunk: int) -> list[Unit]:
+    """Fetch units: a series wanted whole and not begun is one unit (one request or
+    association); otherwise the missing instances, ``chunk`` at a time."""
     units: list[Unit] = []
     for p in plans:
         for series, sops in p.fetch.items():
-            if not sops:
-                units.append((p.study_uid, series, []))
-                continue
             missing = [s for s in sops if s not in store]
+            if series in p.whole_series and len(missing) == len(sops):
+                units.append((p.study_uid, series, missing, True))
+                continue
             for i in range(0, len(missing), chunk):
-                units.append((p.study_uid, series, missing[i : i + chunk]))
+                units.append((p.study_uid, series, missing[i : i + chunk], False))
     return units
 
 
@@ -247,8 +253,8 @@ def _run_units(
         return
     with ThreadPoolExecutor(max_workers=max(1, limits.concurrency)) as pool:
         futures: list[Future[None]] = [
-            pool.submit(source.fetch, st, se, sops, store, tally.done(st, se))
-            for st, se, sops in units
+            pool.submit(source.fetch, st, se, sops, store, tally.done(st, se), whole)
+            for st, se, sops, whole in units
         ]
         finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
@@ -310,8 +316,8 @@ def _verify(
                 f"study …{p.study_uid[-12:]}: the files disagree with the query metadata "
                 f"({disagree}); fetched whole"
             )
-            whole = [
-                (p.study_uid, s.series_uid, [u for u in s.sop_uids() if u not in store])
+            whole: list[Unit] = [
+                (p.study_uid, s.series_uid, [u for u in s.sop_uids() if u not in store], False)
                 for s in source.series_meta(p.study_uid)
                 if s.modality in ("", "MR")
             ]
@@ -326,7 +332,10 @@ def _verify(
 def _write_report(workspace: Path, report: PullReport) -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = Path(workspace) / "reports" / f"pull-{stamp}.json"
-    atomic_write_json(path, report.to_json())
+    try:
+        atomic_write_json(path, report.to_json())
+    except OSError:  # a full disk must not hide the error that says so
+        return
     report.report_path = str(path)
 
 

@@ -121,7 +121,12 @@ class PacsSource(Protocol):
         sop_uids: list[str],
         store: IncomingStore,
         done: InstanceDone,
-    ) -> None: ...
+        whole: bool = False,
+    ) -> None:
+        """Retrieve ``sop_uids`` of one series into ``store``, calling ``done`` once per
+        instance. ``whole``: they are the whole series (or [] when it was never listed), so one
+        series-level request may fetch them."""
+        ...
 
     def close(self) -> None: ...
 
