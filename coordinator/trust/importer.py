@@ -5,7 +5,9 @@ signature (against every pinned key, on the raw manifest bytes) and every file's
 manifest's site must be the one the key was pinned for; a key the site has rotated out
 (still pinned as retired) is accepted only for bundles dated before its retirement; and the
 audit-log head the manifest records must fit those seen from the site before
-(``coordinator.trust.anchors``). Synthetic cases land in the case
+(``coordinator.trust.anchors``). Reviewers' approvals in the bundle are checked against the
+reviewers pinned for its site and the approvals the coordinator requires
+(``coordinator.trust.approvals``) and kept with the import. Synthetic cases land in the case
 format (origin ``synthetic``) under ``WS/imports/<site>/<bundle-id>/cases/<case-id>/``,
 weights under ``.../weights/<model>/``; the import is one atomic folder, and
 ``WS/imports/index.json`` refuses a bundle imported before.
@@ -17,17 +19,19 @@ import datetime as dt
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coordinator.trust.anchors import check_head, record_head
+from coordinator.trust.approvals import check_import_approvals, import_required
 from coordinator.trust.store import PinnedKey, pinned_keys
 from shared.atomic import atomic_directory, atomic_write_json
 from shared.bundle.anchor import AUDIT_HEAD_FIELD, AuditHead, parse_time
 from shared.bundle.format import (
+    APPROVALS,
     MANIFEST,
     SIGNATURE,
     UnknownSigner,
@@ -51,6 +55,9 @@ class ImportResult:
     folder: Path
     cases: int
     weights: list[str]
+    approvals: list[str] = field(default_factory=list)  # pinned reviewers who approved it
+    required_approvals: int = 0
+    approvals_note: str | None = None
 
 
 def imports_dir(workspace: Path) -> Path:
@@ -167,11 +174,17 @@ def _import_cases(vb: VerifiedBundle, dest: Path, site: str) -> int:
     return len(cases)
 
 
-def import_bundle(workspace: Path, bundle: Path) -> ImportResult:
-    """Verify ``bundle`` (folder or tar) against the pinned keys and import its payload."""
+def import_bundle(
+    workspace: Path, bundle: Path, require_approvals: int | None = None
+) -> ImportResult:
+    """Verify ``bundle`` (folder or tar) against the pinned keys, check its approvals
+    (``require_approvals`` overrides the import policy's ``required_approvals``) and import
+    its payload."""
     workspace = Path(workspace)
+    required = import_required(workspace, require_approvals)  # a bad policy: before any work
     with open_bundle(bundle) as root:
         vb, site = verify_against_trust(root, workspace)
+        approvals = check_import_approvals(workspace, root, vb, site, required)
         bundle_id = str(vb.manifest.get("bundle_id", ""))
         if not re.fullmatch(r"[0-9a-f]{32}", bundle_id):
             raise IntegrityError("manifest has no valid bundle id")
@@ -196,6 +209,8 @@ def import_bundle(workspace: Path, bundle: Path) -> ImportResult:
         with atomic_directory(final) as tmp:
             shutil.copyfile(root / MANIFEST, tmp / MANIFEST)
             shutil.copyfile(root / SIGNATURE, tmp / SIGNATURE)
+            if approvals.checks:  # the sign-off travels with the import, as evidence
+                shutil.copytree(root / APPROVALS, tmp / APPROVALS)
             if kind == "synthetic":
                 n_cases = _import_cases(vb, tmp, site)
             elif kind == "weights":
@@ -215,7 +230,19 @@ def import_bundle(workspace: Path, bundle: Path) -> ImportResult:
             "manifest_sha256": vb.manifest_sha256,
             "folder": str(final.relative_to(workspace)),
             "imported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "approvals": approvals.approved,
+            "required_approvals": required,
         }
         atomic_write_json(imports_dir(workspace) / "index.json", index)
         record_head(workspace, site, head, created, source)
-    return ImportResult(site, bundle_id, str(kind), final, n_cases, weights)
+    return ImportResult(
+        site,
+        bundle_id,
+        str(kind),
+        final,
+        n_cases,
+        weights,
+        approvals.approved,
+        required,
+        approvals.note,
+    )

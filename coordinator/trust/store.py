@@ -30,6 +30,27 @@ TRUST = Path("trust")
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 
 
+def check_site_name(site: str) -> str:
+    if not _SITE_RE.match(site or ""):
+        raise InputError(f"site name {site!r} is not valid", hint="2-40 of a-z, 0-9 and '-'")
+    return site
+
+
+def load_confirmed_key(
+    public_key: Path, expect_fingerprint: str | None, whose: str
+) -> tuple[Ed25519PublicKey, str]:
+    """(key, fingerprint) of ``public_key``; ``InputError`` when it is unreadable or its
+    fingerprint is not the one read out (``expect_fingerprint``, colons allowed)."""
+    key = load_public_key(public_key)
+    fp = fingerprint(key)
+    if expect_fingerprint and expect_fingerprint.lower().replace(":", "") != fp:
+        raise InputError(
+            f"fingerprint of {public_key} is {fp}, not the one given",
+            hint=f"ask the site for {whose} again; do not pin this one",
+        )
+    return key, fp
+
+
 def _index_path(workspace: Path) -> Path:
     return Path(workspace) / TRUST / "trusted.json"
 
@@ -53,15 +74,8 @@ def add_trusted(
 ) -> dict[str, str]:
     """Pin ``public_key`` for ``site``; returns the entry (with the fingerprint to compare with
     what the site read out). A different key for a pinned site needs ``replace``."""
-    if not _SITE_RE.match(site):
-        raise InputError(f"site name {site!r} is not valid", hint="2-40 of a-z, 0-9 and '-'")
-    key = load_public_key(public_key)
-    fp = fingerprint(key)
-    if expect_fingerprint and expect_fingerprint.lower().replace(":", "") != fp:
-        raise InputError(
-            f"fingerprint of {public_key} is {fp}, not the one given",
-            hint="ask the site for its public key again; do not pin this one",
-        )
+    check_site_name(site)
+    fp = load_confirmed_key(public_key, expect_fingerprint, "its public key")[1]
     sites = trusted_sites(workspace)
     old = sites.get(site)
     if old and old["fingerprint"] != fp and not replace:
@@ -121,8 +135,7 @@ def rotate_trusted(
     from coordinator.trust.anchors import check_head, record_head
     from shared.bundle.handover import read_handover, verify_handover
 
-    if not _SITE_RE.match(site):
-        raise InputError(f"site name {site!r} is not valid", hint="2-40 of a-z, 0-9 and '-'")
+    check_site_name(site)
     record = read_handover(handover)
     sites = trusted_sites(workspace)
     cur = sites.get(site)

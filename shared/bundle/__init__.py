@@ -7,6 +7,8 @@ A bundle is a folder (optionally one tar file) holding::
                     provenance, the privacy-screen summary
     manifest.sig    64 raw bytes: Ed25519 over the exact bytes of manifest.json
     payload/...     synthetic cases (DICOM + NIfTI + labels.csv) or weights (safetensors + config)
+    approvals/      reviewers' signed decisions, added after export, outside the manifest
+                    (``shared.bundle.approval``)
 
 ``verify_bundle`` checks the signature first, then the manifest, then every file's size and
 hash, and rejects extra, missing, linked or escaping paths; nothing in the payload is parsed

@@ -9,6 +9,10 @@ Verification order (nothing from the payload is parsed before step 4 passes):
 3. the manifest is canonical JSON of a known format whose version this tool reads;
 4. every listed path is a safe relative path, every file on disk is listed (extra ones are
    rejected), none is missing, links are refused, and each size and SHA-256 matches.
+
+One folder is outside the manifest by design: ``approvals/``, where reviewers add their signed
+decisions after export (``shared.bundle.approval``, checked separately against the reviewers'
+keys). A manifest may not list a path in it, and nothing in it is payload.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PAYLOAD = "payload"
+APPROVALS = "approvals"  # reviewers' sign-offs: the one folder the manifest does not cover
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_TAR_BYTES = 64 << 30
 # Bundle paths: relative POSIX, plain characters only (no spaces, no backslashes, no "..").
@@ -86,11 +91,16 @@ def _walk_files(root: Path) -> list[str]:
     return sorted(found)
 
 
+def is_approval_path(rel: str) -> bool:
+    return rel.startswith(APPROVALS + "/")
+
+
 def file_entries(root: Path) -> list[dict[str, Any]]:
-    """``[{path, size, sha256}]`` for every file under ``root`` except manifest and signature."""
+    """``[{path, size, sha256}]`` for every file under ``root`` except manifest, signature and
+    approvals."""
     entries = []
     for rel in _walk_files(root):
-        if rel in (MANIFEST, SIGNATURE):
+        if rel in (MANIFEST, SIGNATURE) or is_approval_path(rel):
             continue
         check_relpath(rel)
         p = root / rel
@@ -124,9 +134,9 @@ MAX_CLAIMS_BYTES = 1 << 20
 
 
 def unverified_claims(root: Path) -> dict[str, str]:
-    """``site`` and ``key_fingerprint`` as an *unverified* manifest states them, to say which
-    key a refused bundle names. Only these two plain strings are read, from a small regular
-    file; never act on them, only report them."""
+    """``site``, ``key_fingerprint`` and ``bundle_id`` as an *unverified* manifest states them,
+    to say which key or bundle a refused one names. Only these plain strings are read, from a
+    small regular file; never act on them, only report them."""
     try:
         data = _read_small_regular(Path(root) / MANIFEST, MAX_CLAIMS_BYTES, MANIFEST)
         manifest = json.loads(data)
@@ -140,6 +150,9 @@ def unverified_claims(root: Path) -> dict[str, str]:
         out["site"] = site
     if isinstance(fp, str) and _FINGERPRINT.match(fp):
         out["key_fingerprint"] = fp
+    bundle_id = manifest.get("bundle_id")
+    if isinstance(bundle_id, str) and re.fullmatch(r"[0-9a-f]{32}", bundle_id):
+        out["bundle_id"] = bundle_id
     return out
 
 
@@ -225,8 +238,12 @@ def verify_bundle(
         check_relpath(rel)
         if rel in (MANIFEST, SIGNATURE) or rel in expected:
             raise IntegrityError(f"manifest lists {rel!r} twice or lists itself")
+        if is_approval_path(rel):
+            raise IntegrityError(f"manifest lists {rel!r} in {APPROVALS}/, kept for sign-offs")
         expected[rel] = entry
-    present = [r for r in _walk_files(root) if r not in (MANIFEST, SIGNATURE)]
+    present = [
+        r for r in _walk_files(root) if r not in (MANIFEST, SIGNATURE) and not is_approval_path(r)
+    ]
     extra = sorted(set(present) - set(expected))
     if extra:
         raise IntegrityError(

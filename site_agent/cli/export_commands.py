@@ -12,17 +12,30 @@ from shared.cli_support import err, handle_errors, out, print_json
 WS_OPT = typer.Option("--workspace", "-w", help="Site workspace.")
 
 
-def _passphrase(confirm: bool = False) -> str:
-    from site_agent.export.keys import PASSPHRASE_ENV, passphrase_from_env
+def _ask_passphrase(env: str, what: str, confirm: bool) -> str:
+    """From the environment variable ``env``, else a prompt; never the command line."""
+    import os
 
-    value = passphrase_from_env()
+    value = os.environ.get(env)
     if value is not None:
         return value
     if not typer.get_text_stream("stdin").isatty():
         from shared.errors import InputError
 
-        raise InputError(f"no key passphrase: set {PASSPHRASE_ENV} or run in a terminal")
-    return typer.prompt("site key passphrase", hide_input=True, confirmation_prompt=confirm)
+        raise InputError(f"no {what} passphrase: set {env} or run in a terminal")
+    return typer.prompt(f"{what} passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def _passphrase(confirm: bool = False) -> str:
+    from site_agent.export.keys import PASSPHRASE_ENV
+
+    return _ask_passphrase(PASSPHRASE_ENV, "site key", confirm)
+
+
+def _reviewer_passphrase(name: str, confirm: bool = False) -> str:
+    from site_agent.export.reviewer_keys import REVIEWER_PASSPHRASE_ENV
+
+    return _ask_passphrase(REVIEWER_PASSPHRASE_ENV, f"reviewer {name}'s key", confirm)
 
 
 def _signer(workspace: Path):
@@ -34,15 +47,37 @@ def _signer(workspace: Path):
 
 @handle_errors
 def keys_init(
-    site: Annotated[str, typer.Option("--site", help="Site id printed on bundles (e.g. aurora).")],
+    site: Annotated[
+        str | None, typer.Option("--site", help="Site id printed on bundles (e.g. aurora).")
+    ] = None,
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
+    reviewer: Annotated[
+        str | None,
+        typer.Option(
+            "--reviewer",
+            help="Create this privacy reviewer's own key instead (keys/reviewers/NAME.pem; "
+            "passphrase from SITE_AGENT_REVIEWER_PASSPHRASE or a prompt).",
+        ),
+    ] = None,
 ) -> None:
     """Create the site's Ed25519 signing key (private key encrypted with a passphrase from
     SITE_AGENT_KEY_PASSPHRASE or a prompt). Send WORKSPACE/keys/site-key.pub to the
     coordinator and read the fingerprint to them over another channel. Refuses when a key
-    exists: replace one with `keys rotate`."""
+    exists: replace one with `keys rotate`. With --reviewer NAME: a privacy reviewer's own
+    key (keys/reviewers/NAME.pem + .pub), which signs `review --approve/--reject`; send
+    NAME.pub to the coordinator (`trust add-reviewer`)."""
+    from shared.errors import InputError
     from site_agent.export.keys import PUBLIC, check_no_key, check_site_id, init_keys, key_dir
 
+    if reviewer is not None:
+        if site is not None:
+            raise InputError("give --site (the site key) or --reviewer NAME, not both")
+        _reviewer_key_init(workspace, reviewer)
+        return
+    if site is None:
+        raise InputError(
+            "give --site SITE to create the site key, or --reviewer NAME for a reviewer's key"
+        )
     check_site_id(site)  # bad input fails before the passphrase prompt
     check_no_key(workspace)
     signer = init_keys(workspace, site, _passphrase(confirm=True))
@@ -52,6 +87,27 @@ def keys_init(
         f"fingerprint (SHA-256 of the raw key): {signer.fingerprint}",
         highlight=False,
         soft_wrap=True,
+    )
+
+
+def _reviewer_key_init(workspace: Path, name: str) -> None:
+    from site_agent.export.keys import site_identity
+    from site_agent.export.reviewer_keys import (
+        check_no_reviewer_key,
+        init_reviewer_key,
+        reviewer_files,
+    )
+
+    site_identity(workspace)  # no site key, a bad name or an existing key: before the prompt
+    check_no_reviewer_key(workspace, name)
+    key = init_reviewer_key(workspace, name, _reviewer_passphrase(name, confirm=True))
+    out.print(
+        f"reviewer {name}: public key {reviewer_files(workspace, name)[1]}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"fingerprint (SHA-256 of the raw key): {key.fingerprint}", highlight=False, soft_wrap=True
     )
 
 
@@ -170,6 +226,20 @@ def _print_export(res, json_out: bool) -> None:
     out.print(f"manifest SHA-256: {res.manifest_sha256}", highlight=False)
 
 
+def _hold_for_approval(res) -> None:
+    """An export the site's policy holds: the folder is written and logged, not released."""
+    from shared.errors import PrivacyGateError
+
+    n = res.required_approvals
+    if n:
+        raise PrivacyGateError(
+            f"bundle written to {res.path} for review, not released: 0 of {n} approval(s) "
+            f"present, {n} needed (WORKSPACE/export-policy.toml)",
+            hint="each reviewer runs `site-agent review BUNDLE --approve --reviewer NAME`; "
+            "then `site-agent export pack BUNDLE` packs it for hand-over",
+        )
+
+
 @handle_errors
 def export_synthetic_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of synthetic cases to export.")],
@@ -214,6 +284,7 @@ def export_synthetic_cmd(
         dicom_dir=dicom_dir,
     )
     _print_export(res, json_out)
+    _hold_for_approval(res)
 
 
 @handle_errors
@@ -246,6 +317,38 @@ def export_weights_cmd(
         max_mia_auc=max_mia_auc,
     )
     _print_export(res, json_out)
+    _hold_for_approval(res)
+
+
+@handle_errors
+def export_pack_cmd(
+    bundle: Annotated[
+        Path, typer.Argument(help="The bundle folder `export` wrote and reviewers approved.")
+    ],
+    workspace: Annotated[Path, WS_OPT] = Path("workspace"),
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Tar to write (default: BUNDLE.tar beside it).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Release a reviewed bundle folder as one tar for hand-over, once it carries the approvals
+    WORKSPACE/export-policy.toml requires (required_approvals = N) from the site's reviewers.
+    Exit 5 when approvals are missing or a reviewer rejected it; exit 4 when the bundle or an
+    approval does not verify (altered, copied from another bundle, unknown reviewer)."""
+    from site_agent.export.release import check_pack_args, pack_bundle
+
+    check_pack_args(workspace, bundle, out_path)  # bad input before the passphrase prompt
+    res = pack_bundle(workspace, bundle, _signer(workspace), out_path)
+    if json_out:
+        print_json(res.__dict__ | {"tar": str(res.tar)})
+        return
+    who = ", ".join(res.approvals) or "none"
+    err.print(
+        f"approvals: {len(res.approvals)} valid ({who}), {res.required} required",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(f"released bundle {res.bundle_id[:8]}: {res.tar}", markup=False, soft_wrap=True)
 
 
 @handle_errors
@@ -264,17 +367,41 @@ def review_cmd(
             "officer (no network, figures inline).",
         ),
     ] = False,
+    approve: Annotated[
+        bool,
+        typer.Option(
+            "--approve",
+            help="Sign your approval with your reviewer key (needs --reviewer), once the "
+            "bundle verifies and passes the PHI scan.",
+        ),
+    ] = False,
+    reject: Annotated[
+        bool, typer.Option("--reject", help="Sign a rejection (needs --reviewer and --reason).")
+    ] = False,
+    reviewer: Annotated[
+        str | None,
+        typer.Option("--reviewer", help="Your reviewer name (from keys init --reviewer)."),
+    ] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Why (required with --reject); it travels with the bundle."),
+    ] = None,
 ) -> None:
     """Check a bundle's signature and hashes, re-run the PHI scan, print a summary and write
     review.md (+ montage.png; with --html a self-contained review.html). Exits 5 on any
-    finding."""
-    from rich.table import Table
-
+    finding. With --approve or --reject --reason TEXT and --reviewer NAME, the reviewer's key
+    (passphrase from SITE_AGENT_REVIEWER_PASSPHRASE or a prompt) signs the decision over the
+    manifest digest into BUNDLE/approvals/NAME.json + .sig and the audit log records it (the
+    site key's passphrase is needed for that entry); a refused attempt is logged too."""
     from shared.bundle.signing import fingerprint, load_public_key
-    from shared.errors import PrivacyGateError
+    from site_agent.export.approvals import check_decision_args
     from site_agent.export.keys import public_keys
     from site_agent.export.review import review_bundle
 
+    decision = check_decision_args(approve, reject, reviewer, reason)
+    if decision is not None:
+        _decide(bundle, workspace, report, html, public_key, decision, str(reviewer), reason)
+        return
     if public_key is not None:
         k = load_public_key(public_key)
         keys = {fingerprint(k): k}
@@ -283,6 +410,90 @@ def review_cmd(
         keys = public_keys(workspace)
         described = "the site's public key"
     res = review_bundle(bundle, workspace, keys, report, html=html, key_description=described)
+    _print_review(res, bundle)
+
+
+def _decide(
+    bundle: Path,
+    workspace: Path,
+    report: Path | None,
+    html: bool,
+    public_key: Path | None,
+    decision: str,
+    reviewer: str,
+    reason: str | None,
+) -> None:
+    """``review --approve|--reject``: verify and scan, then sign and log the decision."""
+    from shared.bundle.approval import APPROVED
+    from shared.errors import InputError, PrivacyGateError
+    from site_agent.export.approvals import (
+        audited_attempt,
+        bundle_folder,
+        claimed_bundle,
+        record_decision,
+    )
+    from site_agent.export.keys import public_keys, site_identity
+    from site_agent.export.review import review_bundle
+    from site_agent.export.reviewer_keys import check_reviewer_exists, load_reviewer_key
+
+    if public_key is not None:
+        raise InputError(
+            "--approve and --reject verify the bundle with the site's own keys: leave out "
+            "--public-key"
+        )
+    site_identity(workspace)  # no site key, no reviewer key: said before any prompt
+    check_reviewer_exists(workspace, reviewer)
+    signer = _signer(workspace)  # the audit entry is the site's
+    made = []
+    details = claimed_bundle(bundle) | {"reviewer": reviewer, "decision": decision}
+    with audited_attempt(workspace, signer, "approval-refused", details):
+        root = bundle_folder(bundle)
+        key = load_reviewer_key(workspace, reviewer, _reviewer_passphrase(reviewer))
+
+        def decide(vb, findings: list[str]) -> None:
+            if findings and decision == APPROVED:
+                raise PrivacyGateError(
+                    f"not approved: {len(findings)} PHI finding(s) in {bundle}, e.g. {findings[0]}",
+                    hint="run `site-agent review BUNDLE` to see them all",
+                )
+            made.append(
+                record_decision(
+                    workspace, signer, root, key, decision, reason, vb.manifest, vb.manifest_sha256
+                )
+            )
+
+        res = review_bundle(
+            root, workspace, public_keys(workspace), report, html=html, decide=decide
+        )
+    dec = made[0]
+    out.print(
+        f"{dec.decision} by {dec.reviewer}: {dec.record} (audit entry {dec.audit_seq})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    approved = sorted(
+        {str(a.reviewer) for a in res.approvals if a.valid and a.decision == APPROVED}
+    )
+    err.print(
+        f"approvals: {len(approved)} valid ({', '.join(approved) or 'none'}); the export policy "
+        f"requires {res.required_approvals}"
+        + (
+            f"; release with `site-agent export pack {bundle}`"
+            if len(approved) >= res.required_approvals and decision == APPROVED
+            else ""
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
+    _print_review(res, bundle)
+
+
+def _print_review(res, bundle: Path) -> None:
+    """The review's summary table, the page's path and the findings (exit 5 on any)."""
+    from rich.table import Table
+
+    from shared.errors import PrivacyGateError
+
     m = res.manifest
     t = Table(title=f"bundle {m['bundle_id'][:8]} from {m['site']} ({m['kind']})")
     t.add_column("item")
@@ -299,6 +510,11 @@ def review_cmd(
     if "weights" in m.get("privacy", {}):
         t.add_row("weights", str(m["privacy"]["weights"]))
     t.add_row("PHI scan (now)", "passed" if res.ok else f"{len(res.findings)} finding(s)")
+    t.add_row(
+        "approvals",
+        ("; ".join(a.line() for a in res.approvals) or "none")
+        + f" (policy: {res.required_approvals} required)",
+    )
     t.add_row("report", str(res.report_dir / "review.md"))
     out.print(t)
     if res.html_path is not None:  # on its own line: a table cell would cut a long path
@@ -346,6 +562,7 @@ def register(app: typer.Typer) -> None:
     export = typer.Typer(help="Signed bundles through the privacy gate.", no_args_is_help=True)
     export.command("synthetic")(export_synthetic_cmd)
     export.command("weights")(export_weights_cmd)
+    export.command("pack")(export_pack_cmd)
     app.add_typer(export, name="export")
     app.command("review")(review_cmd)
     audit_app = typer.Typer(help="The tamper-evident export log.", no_args_is_help=True)

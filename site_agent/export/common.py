@@ -29,6 +29,8 @@ class ExportResult:
     manifest: dict[str, Any]
     manifest_sha256: str
     notes: list[str] = field(default_factory=list)
+    # > 0: the export policy holds the bundle (a folder) until this many reviewers approve it
+    required_approvals: int = 0
 
 
 def new_bundle_id() -> str:
@@ -38,10 +40,17 @@ def new_bundle_id() -> str:
 def bundle_path(
     workspace: Path, site: str, kind: str, bundle_id: str, out: Path | None, tar: bool
 ) -> Path:
-    if out is None:
+    """Where the bundle goes; checked (with the export policy) before any work starts. An
+    export held for approval is written as a folder, at a tar path without ``.tar``."""
+    from site_agent.export.release import export_required, held_folder
+
+    held = export_required(workspace) > 0
+    if out is not None and tar and held:
+        out = held_folder(out)
+    elif out is None:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         out = Path(workspace) / "exports" / f"{site}-{kind}-{stamp}-{bundle_id[:8]}"
-        if tar:
+        if tar and not held:
             out = out.with_name(out.name + ".tar")
     if out.exists():
         raise InputError(
@@ -90,8 +99,15 @@ def finish(
     """``minted``: the list the payload writer appends its minted UIDs to.
 
     Write the payload into a staging folder, run the PHI scan, sign, then move the bundle to
-    ``out`` in one rename (or pack it as a tar). A failed step leaves nothing at ``out``."""
+    ``out`` in one rename (or pack it as a tar). A failed step leaves nothing at ``out``. When
+    the export policy requires approvals the bundle stays a folder (``release``)."""
     import hashlib
+
+    from site_agent.export.release import export_required
+
+    required = export_required(workspace)
+    if required:
+        tar = False  # packed by `export pack` once approved
 
     staging = out if not tar else out.with_name(f".{out.name}.staging")
     # The log's head goes into the signed manifest: a log later wiped or cut back below it
@@ -143,9 +159,10 @@ def finish(
             "files": len(signed["files"]),
             "payload_bytes": sum(int(f["size"]) for f in signed["files"]),
         }
+        | ({"required_approvals": required} if required else {})
         | audit_details,
     )
-    return ExportResult(out, bundle_id, signed, sha)
+    return ExportResult(out, bundle_id, signed, sha, required_approvals=required)
 
 
 __all__ = [

@@ -25,7 +25,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.atomic import atomic_directory
@@ -40,7 +39,9 @@ from site_agent.export.keys import (
     PRIVATE,
     PUBLIC,
     RETIRED,
+    REVIEWERS,
     Signer,
+    encrypted_pem,
     key_dir,
     load_signer,
     site_identity,
@@ -58,14 +59,6 @@ class RotationResult:
     handover: Path
     public_key: Path
     audit_seq: int  # the old key's last valid audit entry
-
-
-def _encrypted_pem(key: Ed25519PrivateKey, passphrase: str) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
-    )
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -118,7 +111,7 @@ def rotate_keys(
         stamp = now.replace(":", "").replace("-", "").split("+")[0]
         name = f"{stamp}-{old_fp[:12]}-to-{new_fp[:12]}.json"
         with atomic_directory(folder) as tmp:
-            for sub in (RETIRED, HANDOVERS):  # earlier rotations stay
+            for sub in (RETIRED, HANDOVERS, REVIEWERS):  # earlier rotations, reviewers stay
                 if (folder / sub).is_dir():
                     shutil.copytree(folder / sub, tmp / sub)
             _write(tmp / RETIRED / f"{old_fp}.pub", public_key_pem(old_key))
@@ -134,7 +127,7 @@ def rotate_keys(
             }
             _write(tmp / RETIRED / f"{old_fp}.json", json.dumps(period, indent=2).encode())
             _write(tmp / HANDOVERS / name, json.dumps(record, indent=2).encode())
-            _write(tmp / PRIVATE, _encrypted_pem(new_key, new_passphrase), 0o600)
+            _write(tmp / PRIVATE, encrypted_pem(new_key, new_passphrase), 0o600)
             _write(tmp / PUBLIC, public_key_pem(new_key.public_key()))
             identity = {
                 "site": site,

@@ -7,6 +7,7 @@ Layout (``WS/keys``, folder 0700)::
     site.json      site id, fingerprint (SHA-256 of the raw public key), creation time
     retired/       <fingerprint>.pub and .json (validity period) of every key rotated out
     handovers/     the signed hand-over of each rotation (``shared.bundle.handover``)
+    reviewers/     the privacy reviewers' own keys (``site_agent.export.reviewer_keys``)
 
 The passphrase comes from ``SITE_AGENT_KEY_PASSPHRASE`` or, in the CLI, a prompt; it is never
 stored. A key is never replaced by ``init``: ``site-agent keys rotate``
@@ -41,6 +42,7 @@ PUBLIC = "site-key.pub"
 IDENTITY = "site.json"
 RETIRED = "retired"
 HANDOVERS = "handovers"
+REVIEWERS = "reviewers"
 MIN_PASSPHRASE = 8
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 
@@ -101,12 +103,7 @@ def init_keys(workspace: Path, site: str, passphrase: str) -> Signer:
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
-    )
-    atomic_write_bytes(folder / PRIVATE, pem)
+    atomic_write_bytes(folder / PRIVATE, encrypted_pem(key, passphrase))
     os.chmod(folder / PRIVATE, 0o600)
     atomic_write_bytes(folder / PUBLIC, public_key_pem(key.public_key()))
     fp = fingerprint(key.public_key())
@@ -120,6 +117,15 @@ def init_keys(workspace: Path, site: str, passphrase: str) -> Signer:
         },
     )
     return Signer(site, key, fp)
+
+
+def encrypted_pem(key: Ed25519PrivateKey, passphrase: str) -> bytes:
+    """PKCS#8 PEM encrypted with ``passphrase`` (the form every private key is stored in)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
+    )
 
 
 def site_identity(workspace: Path) -> dict[str, str]:

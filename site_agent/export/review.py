@@ -4,18 +4,21 @@ Verifies the signature (site key, or a given public key) and every hash, re-runs
 with the manifest's minted UIDs and the workspace's deny-list, and writes ``review.md`` plus
 ``montage.png`` (middle slice of each sequence for up to 16 cases) into the report folder;
 with ``html`` also ``review.html``, the self-contained page for a data-protection officer
-(``review_html``).
+(``review_html``). Reviewers' approvals in the bundle are checked against the site's reviewer
+keys and listed (who, decision, valid or not) beside what the export policy requires.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared.bundle.format import open_bundle, verify_bundle
+from shared.bundle.approval import ApprovalCheck
+from shared.bundle.format import VerifiedBundle, open_bundle, verify_bundle
 from site_agent.privacy.identifiers import DenyList
 from site_agent.privacy.phi_scan import PhiReport, scan_manifest, scan_payload
 
@@ -27,6 +30,10 @@ class ReviewResult:
     report_dir: Path
     findings: list[str] = field(default_factory=list)
     html_path: Path | None = None
+    manifest_sha256: str = ""
+    key_fingerprint: str = ""
+    approvals: list[ApprovalCheck] = field(default_factory=list)
+    required_approvals: int = 0
 
     @property
     def ok(self) -> bool:
@@ -70,7 +77,13 @@ def review_bundle(
     *,
     html: bool = False,
     key_description: str = "the site's public key",
+    decide: Callable[[VerifiedBundle, list[str]], None] | None = None,
 ) -> ReviewResult:
+    """Review ``bundle`` (see module). ``decide(verified bundle, PHI findings)`` runs once the
+    bundle verified and was re-scanned, before the reports are written: a reviewer's decision
+    (``approvals.record_decision``) is then part of the review it was made in."""
+    from site_agent.export.release import export_required, site_approvals
+
     deny = DenyList.load(workspace)
     montages: dict[str, bytes] = {}
     with open_bundle(bundle) as root:
@@ -79,6 +92,8 @@ def review_bundle(
         minted = set(m.get("uids", []))
         phi = scan_payload(root, m["kind"], minted, deny)
         phi.findings += scan_manifest(m, minted, deny)
+        if decide is not None:
+            decide(vb, [f.line() for f in phi.findings])
         report_dir = report_dir or Path(workspace) / "reports" / f"review-{m['bundle_id'][:8]}"
         report_dir.mkdir(parents=True, exist_ok=True)
         has_montage = m["kind"] == "synthetic" and _montage(root, m, report_dir / "montage.png")
@@ -86,6 +101,8 @@ def review_bundle(
             from site_agent.export.review_figures import montage_by_sequence
 
             montages = montage_by_sequence(root, m.get("payload", {}).get("cases", []))
+        approvals = site_approvals(workspace, root, vb)
+    required = export_required(workspace)
     findings = [f.line() for f in phi.findings]
     memo = m.get("privacy", {}).get("memorisation")
     lines = [
@@ -111,6 +128,10 @@ def review_bundle(
     weights = m.get("privacy", {}).get("weights")
     if weights:
         lines.append(f"- weights: {weights}")
+    lines.append(
+        f"- approvals: {'; '.join(a.line() for a in approvals) or 'none'} (export policy: "
+        f"{required} required)"
+    )
     if findings:
         lines += ["", "## Findings", ""] + [f"- {f}" for f in findings]
     if has_montage:
@@ -119,8 +140,21 @@ def review_bundle(
     (report_dir / "review.md").write_text("\n".join(lines) + "\n")
     html_path = None
     if html:
-        html_path = _write_html(workspace, vb, phi, key_description, montages, report_dir)
-    return ReviewResult(m, phi, report_dir, findings, html_path)
+        approval_view = (approvals, required)
+        html_path = _write_html(
+            workspace, vb, phi, key_description, montages, report_dir, approval_view
+        )
+    return ReviewResult(
+        m,
+        phi,
+        report_dir,
+        findings,
+        html_path,
+        vb.manifest_sha256,
+        vb.key_fingerprint,
+        approvals,
+        required,
+    )
 
 
 def _write_html(
@@ -130,6 +164,7 @@ def _write_html(
     key_description: str,
     montages: dict[str, bytes],
     report_dir: Path,
+    approvals: tuple[list[ApprovalCheck], int],
 ) -> Path:
     from shared.atomic import atomic_write_text
     from site_agent.export.review_figures import memorisation_histogram
@@ -146,6 +181,8 @@ def _write_html(
         audit=bundle_audit(workspace, m["bundle_id"]),
         histogram=memorisation_histogram(memo) if memo else None,
         montage=montages,
+        approvals=approvals[0],
+        required_approvals=approvals[1],
     )
     path = report_dir / "review.html"
     atomic_write_text(path, render_review_html(page))

@@ -4,9 +4,10 @@ What the bundle is, whether its signature and hashes hold, the PHI scan (every D
 kept, by level, with the allowlist rule that kept it; findings highlighted), the memorisation
 screen (histogram against the calibrated threshold and the held-out reference, flagged and
 replaced counts, the uniqueness rule) or, for weights, the membership-inference AUC against
-what a no-signal attack scores, a montage of the synthetic images that leave, and this
-bundle's entries in the site's audit log. Only what the verified bundle and the audit log hold
-is shown: no real image, no case id of a real patient.
+what a no-signal attack scores, a montage of the synthetic images that leave, the reviewers'
+signed decisions on it (valid or not), and this bundle's entries in the site's audit log.
+Only what the verified bundle and the audit log hold is shown: no real image, no case id of a
+real patient.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import shared
+from shared.bundle.approval import ApprovalCheck
 from shared.html_page import (
     Html,
     brief,
@@ -28,6 +30,7 @@ from shared.html_page import (
     table,
     tag,
 )
+from site_agent.export.review_approvals import approvals_section
 from site_agent.export.review_audit import AuditView, audit_section, bundle_audit
 from site_agent.privacy.phi_scan import PhiReport
 
@@ -42,6 +45,8 @@ class ReviewPage:
     audit: AuditView
     histogram: bytes | None = None
     montage: dict[str, bytes] = field(default_factory=dict)
+    approvals: list[ApprovalCheck] = field(default_factory=list)
+    required_approvals: int = 0
 
 
 # --- small formatting helpers ------------------------------------------------------------------
@@ -422,6 +427,7 @@ def render_review_html(p: ReviewPage) -> str:
     ]
     if p.montage:
         sections.append(_montage(p))
+    sections.append(approvals_section(p.approvals, p.required_approvals))
     sections.append(audit_section(p.audit, m["bundle_id"], p.manifest_sha256))
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return page(

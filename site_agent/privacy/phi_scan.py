@@ -378,12 +378,16 @@ def scan_paths(rels: Iterable[str], kind: str, deny: DenyList) -> list[Finding]:
 
 
 def scan_payload(root: Path, kind: str, minted: set[str], deny: DenyList) -> PhiReport:
-    """Scan every file under ``root`` (a bundle folder; manifest.json/sig excluded)."""
+    """Scan every file under ``root`` (a bundle folder; manifest.json/sig excluded, and the
+    reviewers' ``approvals/``, which are not payload: ``site_agent.export.release`` checks
+    their text against the deny-list before a bundle is released)."""
     report = PhiReport(deny_list_entries=len(deny))
     rels = sorted(
-        p.relative_to(root).as_posix()
+        rel
         for p in root.rglob("*")
-        if p.is_file() and p.name not in ("manifest.json", "manifest.sig")
+        if p.is_file()
+        and p.name not in ("manifest.json", "manifest.sig")
+        and not (rel := p.relative_to(root).as_posix()).startswith("approvals/")
     )
     report.findings += scan_paths(rels, kind, deny)
     case_ids = {m.group(1) for r in rels if (m := re.match(r"payload/cases/([^/]+)/", r))}
