@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+
 # Exit codes, documented in every command's --help epilog.
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: please report it (run with --debug for the traceback)
 EXIT_USAGE = 2  # wrong command-line usage (typer/click's own code)
-EXIT_INPUT = 3  # bad or missing input data (paths, DICOM, CSV, config)
+EXIT_INPUT = 3  # bad or missing input (paths, DICOM, CSV, config; unwritable folder, full disk)
 EXIT_INTEGRITY = 4  # a signature, hash or verification failed
 EXIT_PRIVACY = 5  # the privacy gate refused an export
 EXIT_NOTHING = 6  # the command ran but produced nothing usable (e.g. no study could be ingested)
+EXIT_BUSY = 7  # another command is writing this workspace (retry when it has finished)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 internal error (rerun with --debug); 2 usage; 3 bad input; "
-    "4 verification failed; 5 privacy gate refused; 6 nothing usable produced."
+    "4 verification failed; 5 privacy gate refused; 6 nothing usable produced; "
+    "7 workspace in use by another command."
 )
 
 
@@ -57,3 +61,46 @@ class NothingProducedError(ToolkitError):
     """The command ran to completion but produced nothing usable."""
 
     exit_code = EXIT_NOTHING
+
+
+class WorkspaceBusyError(ToolkitError):
+    """Another live process holds the workspace's lock: one workspace, one writer."""
+
+    exit_code = EXIT_BUSY
+
+
+# OSErrors that mean "this path, this disk or these permissions", not a bug in the toolkit.
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_WRONG_PATH = {
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOTEMPTY,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
+
+
+def from_os_error(exc: OSError) -> InputError | None:
+    """The user-facing ``InputError`` for an OSError about the machine's files (permission
+    denied, read-only or full disk, a path that is a file where a folder is needed, ...),
+    with what to do; None for any other OSError (left to be reported as a bug)."""
+    what = (exc.strerror or str(exc)).rstrip(".")
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno in _NO_ACCESS:
+        return InputError(
+            f"{what}{where}",
+            hint="the command needs to read or write there: check that folder's owner and "
+            "permissions (or a read-only mount), or choose another folder",
+        )
+    if exc.errno in _NO_SPACE:
+        return InputError(
+            f"{what}{where}",
+            hint="free space on that disk or choose a folder on another one, then rerun the "
+            "same command: finished steps are kept",
+        )
+    if exc.errno in _WRONG_PATH:
+        return InputError(f"{what}{where}", hint="check the paths given on the command line")
+    return None

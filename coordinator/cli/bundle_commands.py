@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-from shared.cli_support import err, handle_errors, out, print_json
+from shared.cli_support import err, handle_errors, make_group, out, print_json
+from shared.workspace_lock import locks_workspace, reads_workspace
 
 WS_OPT = typer.Option("--workspace", "-w", help="Coordinator workspace.")
 
 
 @handle_errors
+@locks_workspace()
 def trust_add(
     public_key: Annotated[Path, typer.Argument(help="The site's public key file (site-key.pub).")],
     site: Annotated[str, typer.Option("--site", help="The site's id (as in its bundles).")],
@@ -30,6 +32,7 @@ def trust_add(
 
 
 @handle_errors
+@locks_workspace(create=False)
 def trust_rotate(
     handover: Annotated[
         Path, typer.Argument(help="The site's key hand-over (keys/handovers/*.json).")
@@ -62,6 +65,7 @@ def trust_rotate(
 
 
 @handle_errors
+@locks_workspace(create=False)
 def trust_add_reviewer(
     public_key: Annotated[
         Path,
@@ -95,6 +99,7 @@ def trust_add_reviewer(
 
 
 @handle_errors
+@reads_workspace()
 def trust_list(workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace")) -> None:
     """Print the pinned site keys (and each site's pinned reviewers)."""
     from coordinator.trust.reviewers import pinned_reviewer_entries
@@ -108,6 +113,7 @@ def trust_list(workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace"
 
 
 @handle_errors
+@locks_workspace()
 def import_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or tar.")],
     workspace: Annotated[Path, WS_OPT] = Path("coordinator-workspace"),
@@ -145,11 +151,11 @@ def import_cmd(
         )
     if res.approvals_note:
         err.print(f"note: {res.approvals_note}", markup=False, soft_wrap=True)
-    out.print(f"imported {what} into {res.folder}")
+    out.print(f"imported {what} into {res.folder}", markup=False)
 
 
 def register(app: typer.Typer) -> None:
-    trust = typer.Typer(help="Pinned site keys.", no_args_is_help=True)
+    trust = make_group("Pinned site keys.")
     trust.command("add")(trust_add)
     trust.command("rotate")(trust_rotate)
     trust.command("add-reviewer")(trust_add_reviewer)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shared.cli_support import err, handle_errors, out, print_json
+
+if TYPE_CHECKING:
+    from coordinator.demo.plan import DemoPlan
 
 
 @handle_errors
@@ -32,6 +35,17 @@ def demo(
     the real command in its own process (logs in WORKSPACE/logs); rerunning the same command
     continues after the last finished step. Phantom data checks the machinery, not clinical
     truth."""
+    from coordinator.demo.plan import PLANS
+    from shared.workspace_lock import workspace_lock
+
+    plan = PLANS["quick" if quick else "full"]
+    ws = workspace or Path(f"demo-{plan.name}")
+    with workspace_lock(ws):  # its sites and coordinator are separate workspaces, own locks
+        _run_demo(plan, ws, json_out)
+
+
+def _run_demo(plan: DemoPlan, ws: Path, json_out: bool) -> None:
+    """Every unfinished step of ``plan`` in ``ws``, then the checks and the summary."""
     from rich.progress import (
         BarColumn,
         Progress,
@@ -40,12 +54,9 @@ def demo(
         TimeRemainingColumn,
     )
 
-    from coordinator.demo.plan import PLANS
     from coordinator.demo.run import Demo
     from coordinator.demo.summary import check_outputs, where, write_summary
 
-    plan = PLANS["quick" if quick else "full"]
-    ws = workspace or Path(f"demo-{plan.name}")
     d = Demo(plan, ws)
     steps = d.steps()
     weight = {s.name: plan.expected_seconds.get(s.kind, 5.0) for s in steps}
@@ -83,4 +94,4 @@ def demo(
         "log verified. Phantom data: a machinery check, not clinical truth."
     )
     for k, v in where(d).items():
-        out.print(f"  {k}: {v}", highlight=False)
+        out.print(f"  {k}: {v}", markup=False, highlight=False)

@@ -11,6 +11,12 @@ import typer
 from shared.cli_support import err, handle_errors, out, print_json
 
 
+def echo_line(text: str) -> None:
+    """A line of the federation's log, verbatim: Flower and node messages are data, and a
+    bracket in them is not a style tag."""
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 @handle_errors
 def federate(
     config: Annotated[Path, typer.Option("--config", help="Federation config (TOML).")],
@@ -25,13 +31,21 @@ def federate(
     the last completed round. Writes final/ (safetensors), pretrained/ (the model when the
     pretraining phase ends), metrics.csv and metrics.png. Success means Flower recorded the
     run as finished:completed."""
+    from contextlib import ExitStack
+
     from coordinator.federation.config import load_fed_toml
     from coordinator.federation.runner import run_fed_toml
+    from shared.workspace_lock import workspace_lock
 
     fed = load_fed_toml(config)
-    outcome = run_fed_toml(
-        fed, echo=None if json_out else (lambda s: err.print(s, highlight=False)), timeout=timeout
-    )
+    fed.check_sim_nodes()  # before any folder is made or process started
+    with ExitStack() as held:
+        # One writer per folder: the output folder and, in simulation, every node's workspace
+        # (the nodes append to their audit logs); the nodes themselves run in child processes.
+        held.enter_context(workspace_lock(Path(fed.run_config.out_dir)))
+        for ws in sorted({str(n["workspace"]) for n in fed.sim_nodes} - {fed.run_config.out_dir}):
+            held.enter_context(workspace_lock(Path(ws), create=False))
+        outcome = run_fed_toml(fed, echo=None if json_out else echo_line, timeout=timeout)
     o = Path(fed.run_config.out_dir)
     result = {
         "run-id": outcome.run_id,
@@ -49,10 +63,12 @@ def federate(
         out.print(
             f"federation stopped as configured after a checkpointed round "
             f"({outcome.seconds:.0f} s); "
-            f"rerun the same command to continue. Metrics so far: {o / 'metrics.csv'}"
+            f"rerun the same command to continue. Metrics so far: {o / 'metrics.csv'}",
+            markup=False,
         )
     else:
         out.print(
             f"federation {outcome.status} in {outcome.seconds:.0f} s: final model {o / 'final'}, "
-            f"metrics {o / 'metrics.csv'}, plot {o / 'metrics.png'}"
+            f"metrics {o / 'metrics.csv'}, plot {o / 'metrics.png'}",
+            markup=False,
         )

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from coordinator.cli import bundle_commands, demo_command, federate_command, study_command
 from shared.cli_support import err, handle_errors, make_app, print_json, progress_bar
 from shared.errors import EXIT_CODES_HELP, InputError, NothingProducedError
+from shared.workspace_lock import locks_workspace
 
 app = make_app(
     "coordinator",
@@ -21,6 +23,7 @@ app = make_app(
 
 @app.command("ingest")
 @handle_errors
+@locks_workspace()
 def ingest(
     picai_dir: Annotated[
         Path | None,
@@ -92,7 +95,7 @@ def ingest(
         err.print(
             f"[green]{len(result['ingested'])} case(s) ingested[/], "
             f"{len(result['unchanged'])} unchanged, {len(result['failed'])} failed; "
-            f"cases in {workspace / 'cases' / 'external'}"
+            f"cases in {escape(str(workspace / 'cases' / 'external'))}"
         )
 
 

@@ -32,22 +32,27 @@ def study(
     from coordinator.study.config import load_study_config
     from coordinator.study.report import write_outputs
     from coordinator.study.run import cells_of, run_study
+    from shared.workspace_lock import workspace_lock
 
     cfg = load_study_config(config)
     out_dir = output or config.with_suffix("")
     n = len(cells_of(cfg))
-    with progress_bar("study cells", n, enabled=not json_out) as advance:
+    with (
+        workspace_lock(out_dir),  # one study per output folder
+        progress_bar("study cells", n, enabled=not json_out) as advance,
+    ):
         results = run_study(
             cfg,
             out_dir,
             progress=lambda cell, i, total: advance(1),
-            log=lambda s: err.print(s) if not json_out else None,
+            log=lambda s: err.print(s, markup=False) if not json_out else None,
         )
-    paths = write_outputs(results, out_dir, phantom=phantom)
+        paths = write_outputs(results, out_dir, phantom=phantom)
     if json_out:
         print_json({k: str(v) for k, v in paths.items()})
     else:
         out.print(
             f"study complete: {len(results)} cells; report {paths['report']}, "
-            f"plot {paths['plot']}, tables in {out_dir}"
+            f"plot {paths['plot']}, tables in {out_dir}",
+            markup=False,
         )

@@ -154,6 +154,15 @@ class FedToml:
     superlink: str
     root_certificates: str
     insecure: bool
+    source: str = "fed.toml"  # the file it was read from, for messages
+
+    def check_sim_nodes(self) -> None:
+        """Every simulated node's role and workspace, checked before a run starts: a node at a
+        missing path would otherwise fail deep inside a round, with a misleading reason, and
+        create folders there. Not part of parsing: a study that only reads a finished
+        federation's model needs none of its nodes."""
+        for i, node in enumerate(self.sim_nodes if self.mode == "simulation" else []):
+            _check_sim_node(self.source, i, node)
 
     @property
     def pretrained_dir(self) -> Path:
@@ -174,6 +183,23 @@ def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(t, dict):
         raise InputError(f"[{name}] must be a table")
     return t
+
+
+def _check_sim_node(path: Path | str, i: int, node: dict[str, Any]) -> None:
+    from shared.federation.records import ROLES
+
+    role, ws = str(node["role"]), Path(node["workspace"])
+    where = f"{path}: [simulation] nodes[{i}]"
+    if role not in ROLES:
+        raise InputError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
+    if not ws.exists():
+        raise InputError(
+            f"{where} ({role}): workspace {ws} does not exist",
+            hint="fix the path (relative paths resolve against the config's folder) or "
+            "prepare that workspace first",
+        )
+    if not ws.is_dir():
+        raise InputError(f"{where} ({role}): workspace {ws} is not a folder")
 
 
 def load_fed_toml(path: Path) -> FedToml:
@@ -279,4 +305,5 @@ def load_fed_toml(path: Path) -> FedToml:
         superlink=str(dep.get("superlink", "127.0.0.1:8000")),
         root_certificates=str((base / certs).resolve()) if certs else "",
         insecure=bool(dep.get("insecure", False)),
+        source=str(path),
     )

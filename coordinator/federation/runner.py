@@ -284,6 +284,7 @@ def run_fed_toml(
     fed: FedToml, echo: Callable[[str], None] | None = None, timeout: float = 3600
 ) -> RunOutcome:
     """Run ``fed`` (simulation: private SuperLink; deployment: the configured one)."""
+    fed.check_sim_nodes()  # before any folder is made or process started
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
     out = Path(fed.run_config.out_dir)
     out.mkdir(parents=True, exist_ok=True)

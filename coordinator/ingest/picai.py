@@ -70,14 +70,14 @@ def ingest_picai(
     if not images.is_dir():
         raise InputError(f"PI-CAI folder not found: {root}")
     labels = read_marksheet(marksheet) if marksheet else {}
+    stems = sorted({p.name[: -len("_t2w.mha")] for p in images.glob("*/*_t2w.mha")})
+    if not stems:  # before anything is written to the workspace
+        raise InputError(f"no <patient>_<study>_t2w.mha files under {images}")
     salt = load_or_create_salt(workspace)
     store_dir = workspace / "cases" / store
     store_dir.mkdir(parents=True, exist_ok=True)
     clean_partials(store_dir)
     report = PicaiReport()
-    stems = sorted({p.name[: -len("_t2w.mha")] for p in images.glob("*/*_t2w.mha")})
-    if not stems:
-        raise InputError(f"no <patient>_<study>_t2w.mha files under {images}")
     for stem in stems:
         patient = stem.split("_")[0]
         files = {s: images / patient / f"{stem}_{suffix}.mha" for s, suffix in SEQ_FILES.items()}

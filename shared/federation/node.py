@@ -53,4 +53,8 @@ def resolve_node(node_config: dict[str, Any], run_config: dict[str, Any]) -> Nod
     if not ws:
         raise InputError("node config needs workspace='/path/to/workspace'")
     options = {k: entry[k] for k in NODE_OPTIONS if k in entry}
-    return NodeIdentity(role, Path(str(ws)).expanduser().resolve(), options, simulated)
+    folder = Path(str(ws)).expanduser().resolve()
+    if not folder.is_dir():  # never create a workspace at a mistyped path
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"this node's workspace {folder} {what}")
+    return NodeIdentity(role, folder, options, simulated)

@@ -98,12 +98,43 @@ def make_label(cspca: int | None, isup: int | None, pirads: int | None) -> Label
     return Label()
 
 
+def _decode(path: Path, raw: bytes) -> tuple[str, str | None]:
+    """The sheet's text, and a note when it was not UTF-8.
+
+    Excel writes UTF-8 only for "CSV UTF-8"; its plain "CSV" on a Western-European Windows is
+    Windows-1252 and its "Unicode Text" is UTF-16 with a byte-order mark. Keys and labels are
+    ASCII either way, so reading cp1252 is safe; the report says it was done.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16"), None
+        except UnicodeDecodeError:
+            pass
+    else:
+        try:
+            return raw.decode("utf-8-sig"), None
+        except UnicodeDecodeError:
+            pass
+        try:
+            return raw.decode("cp1252"), (
+                "file is not UTF-8: read as Windows-1252 (cp1252, Excel's CSV on Windows); "
+                "save it as 'CSV UTF-8' to be sure of any non-ASCII text"
+            )
+        except UnicodeDecodeError:
+            pass
+    raise InputError(
+        f"labels file {path} is not UTF-8, UTF-16 or Windows-1252 text",
+        hint="save it from Excel as 'CSV UTF-8 (Comma delimited)' and rerun",
+    )
+
+
 def read_labels(path: Path) -> LabelSheet:
     """Parse the label CSV; raises ``InputError`` with the row for malformed content."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
+    text, note = _decode(path, raw)
     try:
         dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else ",", delimiters=",;\t")
     except csv.Error:
@@ -127,7 +158,7 @@ def read_labels(path: Path) -> LabelSheet:
     if not {"cspca", "isup", "pirads"} & set(cols):
         raise InputError(f"labels file {path} has no label column (cspca, isup or pirads)")
     rows: dict[tuple[str, ...], tuple[int, Label]] = {}
-    problems: list[str] = []
+    problems: list[str] = [note] if note else []
     for n, rec in enumerate(reader, start=2):
         if not any(c.strip() for c in rec):
             continue

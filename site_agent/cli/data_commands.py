@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from shared.cli_support import handle_errors, out, print_json, progress_bar
 from shared.ingest.run import run_dicom_ingest, scan_with_progress
+from shared.workspace_lock import locks_workspace
 
 DicomDir = Annotated[
     Path,
@@ -76,14 +78,16 @@ def phantom(
         out.print(
             f"wrote {summary['cases']} studies ({summary['positives']} csPCa-positive, "
             f"{summary['files']} DICOM files) to {out_dir}/dicom; labels in "
-            f"{out_dir}/labels.csv; PI-CAI copy in {out_dir}/picai"
+            f"{out_dir}/labels.csv; PI-CAI copy in {out_dir}/picai",
+            markup=False,
         )
 
 
 def print_scan_table(result) -> None:  # result: ScanResult
     from rich.table import Table
 
-    table = Table(title=f"bpMRI found in {result.root} ({result.n_files} files)")
+    # Header strings (series descriptions, reasons, paths) are data: escaped, never markup.
+    table = Table(title=escape(f"bpMRI found in {result.root} ({result.n_files} files)"))
     for col in ("study", "vendor", "t2w", "hbv", "adc", "status"):
         table.add_column(col)
 
@@ -93,13 +97,13 @@ def print_scan_table(result) -> None:  # result: ScanResult
             return "[red]-[/]"
         extra = f" b={v.b_value:g}" if role == "hbv" else ""
         extra += " (calc)" if v.computed else ""
-        return f"{v.description}{extra} [{v.n_frames}]"
+        return escape(f"{v.description}{extra} [{v.n_frames}]")
 
     for s in result.studies:
-        status = "[green]ok[/]" if s.complete else "[red]" + "; ".join(s.problems) + "[/]"
+        status = "[green]ok[/]" if s.complete else "[red]" + escape("; ".join(s.problems)) + "[/]"
         table.add_row(
             "…" + s.study_uid[-12:],
-            s.manufacturer,
+            escape(s.manufacturer),
             cell(s, "t2w"),
             cell(s, "hbv"),
             cell(s, "adc"),
@@ -114,7 +118,7 @@ def print_scan_table(result) -> None:  # result: ScanResult
         t2.add_column("example")
         for reason, n in reasons.most_common():
             ex = next(s.path for s in result.skipped if s.reason == reason)
-            t2.add_row(reason, str(n), ex)
+            t2.add_row(escape(reason), str(n), escape(str(ex)))
         out.print(t2)
 
 
@@ -144,14 +148,15 @@ def scan_cmd(
     print_scan_table(result)
     if verbose:
         for s in result.studies:
-            out.print(f"[bold]{s.study_uid}[/]")
+            out.print(f"[bold]{escape(s.study_uid)}[/]")
             for v in s.volumes:
-                out.print(f"  {v.key:45s} {v.kind:6s} {v.reason}", highlight=False)
+                out.print(f"  {v.key:45s} {v.kind:6s} {v.reason}", markup=False, highlight=False)
     n_ok = sum(s.complete for s in result.studies)
     out.print(f"{n_ok} of {len(result.studies)} studies have t2w, hbv and adc.")
 
 
 @handle_errors
+@locks_workspace()
 def ingest(
     dicom_dir: DicomDir,
     labels: Annotated[

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from shared.cli_support import err, handle_errors, out, print_json
+from shared.cli_support import err, handle_errors, make_group, out, print_json
+from shared.workspace_lock import locks_workspace, reads_workspace
 
 WS_OPT = typer.Option("--workspace", "-w", help="Site workspace.")
 
@@ -46,6 +48,7 @@ def _signer(workspace: Path):
 
 
 @handle_errors
+@locks_workspace()
 def keys_init(
     site: Annotated[
         str | None, typer.Option("--site", help="Site id printed on bundles (e.g. aurora).")
@@ -112,6 +115,7 @@ def _reviewer_key_init(workspace: Path, name: str) -> None:
 
 
 @handle_errors
+@locks_workspace(create=False)
 def keys_rotate(
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
     lost_private_key: Annotated[
@@ -173,6 +177,7 @@ def keys_rotate(
 
 
 @handle_errors
+@reads_workspace()
 def keys_show(workspace: Annotated[Path, WS_OPT] = Path("workspace")) -> None:
     """Print the site id, the key fingerprint and the keys it took over from (with the
     audit-log entries each one may sign)."""
@@ -221,8 +226,8 @@ def _print_export(res, json_out: bool) -> None:
     phi = p.get("phi_scan", {})
     err.print(f"PHI scan: {phi.get('files_scanned')} files, 0 findings", highlight=False)
     if "weights" in p:
-        err.print(f"weights: {p['weights']}", highlight=False)
-    out.print(f"signed bundle: {res.path}")
+        err.print(f"weights: {p['weights']}", markup=False, highlight=False)
+    out.print(f"signed bundle: {res.path}", markup=False)
     out.print(f"manifest SHA-256: {res.manifest_sha256}", highlight=False)
 
 
@@ -241,6 +246,7 @@ def _hold_for_approval(res) -> None:
 
 
 @handle_errors
+@locks_workspace(create=False)
 def export_synthetic_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of synthetic cases to export.")],
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
@@ -288,6 +294,7 @@ def export_synthetic_cmd(
 
 
 @handle_errors
+@locks_workspace(create=False)
 def export_weights_cmd(
     model: Annotated[str, typer.Option("--model", help="classifier or ldm.")],
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
@@ -321,6 +328,7 @@ def export_weights_cmd(
 
 
 @handle_errors
+@locks_workspace(create=False)
 def export_pack_cmd(
     bundle: Annotated[
         Path, typer.Argument(help="The bundle folder `export` wrote and reviewers approved.")
@@ -352,6 +360,7 @@ def export_pack_cmd(
 
 
 @handle_errors
+@locks_workspace(create=False, when=lambda kw: kw["report"] is None)  # else it only reads
 def review_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder or tar.")],
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
@@ -518,14 +527,15 @@ def _print_review(res, bundle: Path) -> None:
     t.add_row("report", str(res.report_dir / "review.md"))
     out.print(t)
     if res.html_path is not None:  # on its own line: a table cell would cut a long path
-        out.print(f"review page: {res.html_path}", highlight=False, soft_wrap=True)
+        out.print(f"review page: {res.html_path}", markup=False, highlight=False, soft_wrap=True)
     for f in res.findings[:20]:
-        err.print(f"  [red]finding[/] {f}", highlight=False)
+        err.print(f"  [red]finding[/] {escape(str(f))}", highlight=False)
     if not res.ok:
         raise PrivacyGateError(f"{len(res.findings)} PHI finding(s) in {bundle}")
 
 
 @handle_errors
+@reads_workspace()
 def audit_verify_cmd(
     workspace: Annotated[Path, WS_OPT] = Path("workspace"),
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -554,17 +564,17 @@ def audit_verify_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    keys = typer.Typer(help="The site's signing key.", no_args_is_help=True)
+    keys = make_group("The site's signing key.")
     keys.command("init")(keys_init)
     keys.command("show")(keys_show)
     keys.command("rotate")(keys_rotate)
     app.add_typer(keys, name="keys")
-    export = typer.Typer(help="Signed bundles through the privacy gate.", no_args_is_help=True)
+    export = make_group("Signed bundles through the privacy gate.")
     export.command("synthetic")(export_synthetic_cmd)
     export.command("weights")(export_weights_cmd)
     export.command("pack")(export_pack_cmd)
     app.add_typer(export, name="export")
     app.command("review")(review_cmd)
-    audit_app = typer.Typer(help="The tamper-evident export log.", no_args_is_help=True)
+    audit_app = make_group("The tamper-evident export log.")
     audit_app.command("verify")(audit_verify_cmd)
     app.add_typer(audit_app, name="audit")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from shared.cli_support import err, handle_errors, out, print_json
+from shared.workspace_lock import locks_workspace
 
 
 def _num(v: float | None) -> str:
@@ -15,6 +16,7 @@ def _num(v: float | None) -> str:
 
 
 @handle_errors
+@locks_workspace(create=False)
 def fidelity(
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Site workspace.")] = Path(
         "workspace"
@@ -71,13 +73,15 @@ def fidelity(
             f"{s:>4}: KID {d['kid']:.3g}{ci_txt} (real-vs-real {b['kid_real_vs_real']:.3g}), "
             f"FD {d['frechet']:.3g} (real-vs-real {b['frechet_real_vs_real']:.3g}), "
             f"lesion AUC real/synthetic {auc}, MS-SSIM synthetic/real {div}",
+            markup=False,
             highlight=False,
         )
-    out.print(_diagnostics_line(report["diagnostics"]), highlight=False)
+    out.print(_diagnostics_line(report["diagnostics"]), markup=False, highlight=False)
     paths = report["paths"]
-    out.print(f"report: {paths['markdown']}", highlight=False, soft_wrap=True)
+    out.print(f"report: {paths['markdown']}", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"montage: {paths['montage']} (real patients: stays on site, never exported)",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )

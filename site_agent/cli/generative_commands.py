@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.cli_support import err, handle_errors, out, print_json
+from shared.cli_support import err, handle_errors, out, print_json, stderr_is_terminal
+from shared.workspace_lock import locks_workspace
 
 if TYPE_CHECKING:
     from shared.profiles import Profile
@@ -20,13 +21,37 @@ STAGE_NAMES = {
     "diffusion": "diffusion model",
     "sampling": "sampling",
 }
+# Stages that resume from a checkpoint: their first callback after a resume carries the
+# checkpoint's step and no loss (site_agent.generative.trainloop.run_training).
+RESUMABLE = ("autoencoder", "diffusion")
+
+
+def _resumed(seen: set[str], stage: str, step: int, loss: float | None) -> bool:
+    """Whether this first callback of ``stage`` announces a resume from a checkpoint."""
+    first = stage not in seen
+    seen.add(stage)
+    return first and stage in RESUMABLE and step > 0 and loss is None
 
 
 @contextmanager
-def stage_progress(enabled: bool) -> Iterator[object]:
-    """One rich bar per stage with loss, steps/s and ETA; yields the pipeline's callback."""
+def stage_progress(enabled: bool, terminal: bool | None = None) -> Iterator[object]:
+    """One rich bar per stage with loss, steps/s and ETA on a terminal; plain timestamped
+    lines otherwise (a service manager's journal, a log file). Either way a resumed stage
+    says "resumed STAGE from step N". Yields the pipeline's callback."""
     if not enabled:
         yield None
+        return
+    seen: set[str] = set()
+    if not (stderr_is_terminal() if terminal is None else terminal):
+        from shared.progress_log import ProgressLog
+
+        log = ProgressLog()
+
+        def plain(stage: str, step: int, total: int, loss: float | None) -> None:
+            resumed = _resumed(seen, stage, step, loss)
+            log.update(STAGE_NAMES.get(stage, stage), step, total, loss, resumed=resumed)
+
+        yield plain
         return
     from rich.progress import (
         BarColumn,
@@ -58,6 +83,12 @@ def stage_progress(enabled: bool) -> Iterator[object]:
     tasks: dict[str, int] = {}
 
     def cb(stage: str, step: int, total: int, loss: float | None) -> None:
+        if _resumed(seen, stage, step, loss):
+            prog.console.print(
+                f"resumed {STAGE_NAMES.get(stage, stage)} from step {step} of {total}",
+                markup=False,
+                highlight=False,
+            )
         if stage not in tasks:
             tasks[stage] = prog.add_task(STAGE_NAMES.get(stage, stage), total=total, loss="-")
         fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
@@ -67,7 +98,6 @@ def stage_progress(enabled: bool) -> Iterator[object]:
         yield cb
 
 
-@handle_errors
 def with_steps(prof: Profile, autoencoder: int | None, diffusion: int | None) -> Profile:
     """The profile with its training lengths overridden (None keeps the profile's)."""
     import dataclasses
@@ -83,6 +113,36 @@ def with_steps(prof: Profile, autoencoder: int | None, diffusion: int | None) ->
     return prof
 
 
+def _check_train_inputs(
+    dicom_dir: Path | None,
+    labels: Path | None,
+    masks: Path | None,
+    workspace: Path,
+    autoencoder_weights: Path | None,
+) -> None:
+    """Refuse what would fail later, before torch is imported or anything is written."""
+    from shared.case_format import list_cases
+    from shared.errors import InputError
+
+    if autoencoder_weights is not None and not autoencoder_weights.exists():
+        raise InputError(f"autoencoder weights not found: {autoencoder_weights}")
+    if dicom_dir is None:
+        ignored = [f"--{n}" for n, v in (("labels", labels), ("masks", masks)) if v is not None]
+        if ignored:
+            raise InputError(
+                f"{' and '.join(ignored)} only apply while ingesting: give --dicom-dir too",
+                hint="or leave them out to train on the cases already in the workspace",
+            )
+        store = workspace / "cases" / "real"
+        if not list_cases(store):
+            raise InputError(
+                f"no ingested cases in {store}",
+                hint="give --dicom-dir (and --labels) to ingest first, or run `site-agent ingest`",
+            )
+
+
+@handle_errors
+@locks_workspace(create=lambda kw: kw["dicom_dir"] is not None)
 def train(
     dicom_dir: Annotated[
         Path | None,
@@ -123,9 +183,9 @@ def train(
     interruption. Nothing leaves the site."""
     from shared.ingest.run import run_dicom_ingest
     from shared.profiles import get_profile
-    from site_agent.generative.pipeline import model_dir, train_generative
 
     prof = with_steps(get_profile(profile), autoencoder_steps, diffusion_steps)
+    _check_train_inputs(dicom_dir, labels, masks, workspace, autoencoder_weights)
     if dicom_dir is not None:
         import os
 
@@ -143,6 +203,8 @@ def train(
             store="real",
             on_scan=lambda result: record_identifiers(workspace, harvest_identifiers(result)),
         )
+    from site_agent.generative.pipeline import model_dir, train_generative  # torch: after checks
+
     with stage_progress(not json_out) as cb:
         summary = train_generative(
             workspace,
@@ -168,17 +230,24 @@ def train(
             if gate > 0
             else f"gate off in profile {prof.name}"
         )
-        out.print(f"lesion-contrast retention of the autoencoder: {fid} ({note})", highlight=False)
+        out.print(
+            f"lesion-contrast retention of the autoencoder: {fid} ({note})",
+            markup=False,
+            highlight=False,
+        )
     out.print(
-        f"autoencoder: {model_dir(workspace, 'autoencoder')} ({summary['autoencoder']['status']})"
+        f"autoencoder: {model_dir(workspace, 'autoencoder')} ({summary['autoencoder']['status']})",
+        markup=False,
     )
     out.print(
-        f"diffusion model: {model_dir(workspace, 'diffusion')} ({summary['diffusion']['status']})"
+        f"diffusion model: {model_dir(workspace, 'diffusion')} ({summary['diffusion']['status']})",
+        markup=False,
     )
-    out.print(f"report: {workspace / 'reports' / 'generative-training.json'}")
+    out.print(f"report: {workspace / 'reports' / 'generative-training.json'}", markup=False)
 
 
 @handle_errors
+@locks_workspace(create=False)
 def generate(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of synthetic cases.")],
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Site workspace.")] = Path(
@@ -227,20 +296,22 @@ def generate(
     if json_out:
         print_json({"cases": [str(f) for f in folders], "fidelity_report": report})
     else:
-        out.print(f"{len(folders)} synthetic cases in {synthetic_store(workspace)}")
+        out.print(f"{len(folders)} synthetic cases in {synthetic_store(workspace)}", markup=False)
         if report:
-            out.print(f"fidelity report (stays on site): {report}")
+            out.print(f"fidelity report (stays on site): {report}", markup=False)
 
 
 def _fidelity_after_generate(workspace: Path) -> str | None:
     """Write the fidelity report when there is enough to compare; say why not otherwise."""
+    from rich.markup import escape
+
     from shared.errors import InputError
     from site_agent.generative.fidelity_report import write_fidelity_report
 
     try:
         return str(write_fidelity_report(workspace)["paths"]["markdown"])
     except InputError as exc:
-        err.print(f"[yellow]no fidelity report:[/] {exc.message}", highlight=False)
+        err.print(f"[yellow]no fidelity report:[/] {escape(exc.message)}", highlight=False)
         return None
 
 

@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from shared.cli_support import err, handle_errors, out, print_json, progress_bar
+from shared.workspace_lock import locks_workspace
 
 
 @handle_errors
+@locks_workspace(create=False)
 def pretrain_cmd(
     workspace: Annotated[Path, typer.Option("--workspace", "-w", help="Site workspace.")] = Path(
         "workspace"
@@ -90,4 +92,4 @@ def pretrain_cmd(
             f"trained on {config['cases']} cases ({config['positives']} positive); "
             f"best validation AP {config['val_ap']:.3f} at step {config['best_step']}"
         )
-        out.print(f"weights in {dest}")
+        out.print(f"weights in {dest}", markup=False)

@@ -24,7 +24,8 @@ from site_agent.generative.checkpoint import (
 
 class Progress(Protocol):
     """Called after every step: (stage, step, total, loss); loss is None for non-training
-    stages (encoding, sampling)."""
+    stages (encoding, sampling) and for the one call that announces a resumed training stage
+    (step = the checkpoint's step), made before its first new step."""
 
     def __call__(self, stage: str, step: int, total: int, loss: float | None) -> None: ...
 
