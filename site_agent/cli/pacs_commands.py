@@ -261,6 +261,9 @@ def _pull_progress(enabled: bool) -> Any:
 
 
 def _print_report(r: PullReport) -> None:
+    # Paths and reasons are data: printed as themselves, never read as rich markup.
+    from rich.markup import escape
+
     mode = "would fetch" if r.dry_run else "fetched"
     for plan in r.plans:
         tag = {"selected": "[green]series[/]", "whole-study": "[yellow]whole[/]"}.get(
@@ -268,28 +271,39 @@ def _print_report(r: PullReport) -> None:
         )
         out.print(
             f"{tag} …{plan['study_uid'][-16:]}: {plan['instances']} of {plan['study_instances']} "
-            f"instance(s) in {plan['series']} of {plan['study_series']} series — {plan['reason']}",
+            f"instance(s) in {plan['series']} of {plan['study_series']} series — "
+            f"{escape(plan['reason'])}",
             highlight=False,
+            soft_wrap=True,
         )
     for note in r.notes:
-        err.print(f"  [yellow]note:[/] {note}", highlight=False)
+        err.print(f"  [yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if r.dry_run:
         out.print(
             f"{mode} {r.instances_planned - r.instances_present} instance(s) "
             f"({r.instances_present} already in {r.incoming}) of {r.study_instances} in "
             f"{r.studies_found} matching study(ies); about {r.estimated_bytes / 1e6:.1f} of "
-            f"{r.study_estimated_bytes / 1e6:.1f} MB of pixel data"
+            f"{r.study_estimated_bytes / 1e6:.1f} MB of pixel data",
+            soft_wrap=True,
+            markup=False,
         )
         return
     out.print(
         f"{mode} {r.instances_fetched} instance(s), {r.bytes_fetched / 1e6:.1f} MB in "
         f"{r.seconds:.1f} s ({r.instances_per_s:.1f} instances/s, {r.mb_per_s:.2f} MB/s); "
         f"{r.instances_present} already there; the studies hold {r.study_instances}. "
-        f"{len(r.usable_studies)} study(ies) ready in {r.incoming}; report {r.report_path}"
+        f"{len(r.usable_studies)} study(ies) ready in {r.incoming}; report {r.report_path}",
+        soft_wrap=True,
+        markup=False,
     )
     for u in r.unusable_studies:
-        err.print(f"  [yellow]unusable[/] …{u['study'][-16:]}: {u['reason']}", highlight=False)
-    out.print(f"next: site-agent train --dicom-dir {r.incoming} -w {Path(r.incoming).parent}")
+        what = escape(f"…{u['study'][-16:]}: {u['reason']}")
+        err.print(f"  [yellow]unusable[/] {what}", highlight=False, soft_wrap=True)
+    out.print(
+        f"next: site-agent train --dicom-dir {r.incoming} -w {Path(r.incoming).parent}",
+        soft_wrap=True,
+        markup=False,
+    )
 
 
 @handle_errors
@@ -328,6 +342,8 @@ def receive_cmd(
         f"receiving as {cfg.ae_title} on {bind}:{port} from {', '.join(allowed)} into "
         f"{workspace / 'incoming'} (Ctrl-C or SIGTERM to stop)",
         highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
     try:
         while not stop.wait(1.0):
@@ -340,9 +356,10 @@ def receive_cmd(
         f"received {stats.stored} instance(s) ({stats.bytes / 1e6:.1f} MB), "
         f"{stats.duplicates} repeated, {stats.refused} refused",
         highlight=False,
+        soft_wrap=True,
     )
     for p in sorted(set(stats.problems))[:10]:
-        err.print(f"  [yellow]refused:[/] {p}", highlight=False)
+        err.print(f"  refused: {p}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
