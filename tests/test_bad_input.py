@@ -676,6 +676,29 @@ def test_federate_holds_its_folders(runner, tmp_path):
     _assert_one_line(result, EXIT_BUSY, f"in use by pid {os.getpid()}")
 
 
+def _study_toml(tmp_path: Path) -> Path:
+    (tmp_path / "ext").mkdir()
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[study]\nprofile = "tiny"\nexternal = "ext"\n[conditions.none]\nkind = "none"\n'
+    )
+    return cfg
+
+
+def test_study_holds_its_output_folder(runner, tmp_path):
+    cfg = _study_toml(tmp_path)
+    with workspace_lock(tmp_path / "out"):
+        result = runner.invoke(coordinator_app, ["study", "--config", str(cfg), "--out",
+                                                 str(tmp_path / "out")])  # fmt: skip
+    _assert_one_line(result, EXIT_BUSY, f"in use by pid {os.getpid()}")
+
+
+def test_study_on_an_empty_store_leaves_no_output_folder(runner, tmp_path):
+    result = runner.invoke(coordinator_app, ["study", "--config", str(_study_toml(tmp_path))])
+    _assert_one_line(result, 3, "no cases in the external case store")
+    assert not (tmp_path / "s").exists()
+
+
 # -- defect 6: text in square brackets prints as itself --------------------------------------
 
 

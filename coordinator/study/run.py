@@ -200,8 +200,8 @@ def run_study(
     """Run (or continue) every cell; returns all cell results. ``max_cells`` stops early
     after that many new cells (for tests of resumption)."""
     out.mkdir(parents=True, exist_ok=True)
+    data, split = _load_external(cfg, out)  # an empty store is refused before any write
     atomic_write_json(out / "config.json", _config_record(cfg))
-    data, split = _load_external(cfg, out)
     grid = tuple(data.x.shape[2:])
     conds = {c.name: c for c in cfg.conditions}
     states = {c.name: pretrained_state(cfg, c, out, grid, log) for c in cfg.conditions}
