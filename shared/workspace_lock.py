@@ -30,6 +30,8 @@ from typing import Any, ParamSpec, TypeVar
 from shared.errors import InputError, WorkspaceBusyError
 
 LOCK_FILE = ".workspace.lock"
+# flock errors that mean "this file system cannot lock", not "someone holds it".
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -147,17 +149,24 @@ def workspace_lock(workspace: Path, *, create: bool = True) -> Iterator[Holder]:
         ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        unlockable = False
     except OSError as exc:
+        unlockable = exc.errno in _NO_LOCKING
+        if not unlockable:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = read_holder(workspace)
+            who = holder.describe() if holder else "another process (not yet recorded)"
+            raise WorkspaceBusyError(
+                f"workspace {workspace} is in use by {who}",
+                hint="one writer per workspace: wait for that command to finish (or stop it); "
+                "a killed holder frees the lock by itself",
+            ) from None
+    if unlockable:  # a file system without flock: run unlocked, as before locks existed
         os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        holder = read_holder(workspace)
-        who = holder.describe() if holder else "another process (not yet recorded)"
-        raise WorkspaceBusyError(
-            f"workspace {workspace} is in use by {who}",
-            hint="one writer per workspace: wait for that command to finish (or stop it); "
-            "a killed holder frees the lock by itself",
-        ) from None
+        yield Holder.current()
+        return
     me = Holder.current()
     try:
         # After the flock, so a stale record from a killed holder is simply overwritten.

@@ -124,3 +124,15 @@ def test_the_lock_is_released_on_exit(tmp_path):
     with workspace_lock(ws):
         pass
     assert time.perf_counter() - t0 < 1
+
+
+def test_a_file_system_without_flock_runs_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with workspace_lock(tmp_path / "ws") as me:
+        assert me.pid == os.getpid()
