@@ -75,7 +75,7 @@ def ingest(
     else:
         import os
 
-        from shared.ingest.run import run_dicom_ingest
+        from coordinator.ingest.dicom import run_dicom_ingest
 
         assert dicom_dir is not None
         result = run_dicom_ingest(

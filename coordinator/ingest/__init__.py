@@ -1,1 +1,2 @@
-"""External-data ingest at the coordinator (DICOM via shared, PI-CAI MHA layout here)."""
+"""External-data ingest at the coordinator: DICOM (``dicom``) beside the PI-CAI layout
+(``picai``)."""

@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 
 from shared.cli_support import handle_errors, out, print_json, progress_bar
-from shared.ingest.run import run_dicom_ingest, scan_with_progress
 from shared.workspace_lock import locks_workspace
+from site_agent.cli.ingest_flow import run_dicom_ingest, scan_with_progress
 
 DicomDir = Annotated[
     Path,

@@ -181,8 +181,8 @@ def train(
     """Ingest (if --dicom-dir), then train the autoencoder and the label-conditioned latent
     diffusion model on the site's real cases. Resumable: rerun the same command after an
     interruption. Nothing leaves the site."""
-    from shared.ingest.run import run_dicom_ingest
     from shared.profiles import get_profile
+    from site_agent.cli.ingest_flow import run_dicom_ingest
 
     prof = with_steps(get_profile(profile), autoencoder_steps, diffusion_steps)
     _check_train_inputs(dicom_dir, labels, masks, workspace, autoencoder_weights)
