@@ -98,11 +98,50 @@ def test_quick_demo_runs_end_to_end_and_its_outputs_check_out(tmp_path: Path) ->
         "none", "real-source", "reconstructed-source", "synthetic-bpmri", "synthetic-t2w"
     }  # fmt: skip
 
+    # Each site ran its fidelity report (with the worth-exporting diagnostics) before export.
+    logs = ws / "logs"
+    for site in ("aurora", "borealis"):
+        assert {f"generate-{site}", f"fidelity-{site}"} <= set(rec["step_seconds"])
+        # run in this order (each log is last written when its command ends)
+        ends = [
+            (logs / f"{step}-{site}.log").stat().st_mtime
+            for step in ("generate", "fidelity", "export-synthetic")
+        ]
+        assert ends == sorted(ends), ends
+        report = ws / "sites" / site / "reports" / "fidelity"
+        assert rec["outputs"][f"fidelity-{site}"]["report"] == str(report / "fidelity.md")
+        diag = json.loads((report / "fidelity.json").read_text())["diagnostics"]
+        assert "error" not in diag, diag
+        assert diag["label_fidelity"]["n_synthetic"] == QUICK.synthetic_cases
+        assert 0.0 <= diag["label_fidelity"]["auc_synthetic"] <= 1.0
+        assert "## Is this synthetic set worth exporting?" in (report / "fidelity.md").read_text()
+    assert "worth exporting?" in (ws / "DEMO.md").read_text()
+
+    # Every path the summary names exists (issue 11, defect 7: it named fidelity reports that
+    # the demo never wrote).
+    on_disk = json.loads((ws / "demo-summary.json").read_text())
+    listed = _paths_in(on_disk)
+    assert str(ws / "sites" / "aurora" / "reports" / "fidelity" / "fidelity.md") in listed
+    assert len(listed) > 10
+    missing = [p for p in listed if not Path(p).exists()]
+    assert not missing, missing
+
     # A rerun continues after the last finished step: here, nothing is left to redo.
     state = json.loads((ws / "demo-state.json").read_text())
     again = _cli("coordinator", "demo", "--quick", "--workspace", str(ws), "--json")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((ws / "demo-state.json").read_text())["done"] == state["done"]
+
+
+def _paths_in(value: object) -> list[str]:
+    """Every absolute path named in a JSON value (entries listing several are joined by ", ")."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths_in(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _paths_in(v)]
+    if isinstance(value, str):
+        return [p for p in value.split(", ") if p.startswith("/")]
+    return []
 
 
 def test_demo_workspace_of_another_plan_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -119,7 +158,7 @@ def test_workspace_that_is_a_file_is_refused_in_one_line(tmp_path: Path) -> None
     f.write_text("x")
     proc = _cli("coordinator", "demo", "--quick", "--workspace", str(f))
     assert proc.returncode == 3, proc.stderr
-    assert "is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert "not a folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_failed_step_names_its_exit_code_and_log(tmp_path: Path) -> None:

@@ -79,6 +79,8 @@ QUICK = DemoPlan(
         "phantom-external": 50,
         "keys": 2,
         "train": 10,
+        "generate": 20,  # sampling + the first fidelity report (trains its two classifiers)
+        "fidelity": 6,  # the same report again, its classifiers and MS-SSIM cached
         "export-synthetic": 18,
         "pretrain": 8,
         "export-weights": 4,
@@ -116,6 +118,8 @@ FULL = DemoPlan(
         "phantom-external": 200,
         "keys": 2,
         "train": 330,
+        "generate": 90,  # estimated (not yet measured on the cpu profile)
+        "fidelity": 20,
         "export-synthetic": 60,
         "pretrain": 60,
         "export-weights": 5,

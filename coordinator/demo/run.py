@@ -4,7 +4,7 @@ Layout of the demo workspace::
 
     phantom/<site>/, phantom/external/    the generated hospitals (DICOM, labels, masks)
     sites/<site>/                         each hospital's site-agent workspace (keys, models,
-                                          synthetic cases, exports/, audit log)
+                                          synthetic cases, reports/fidelity/, exports/, audit log)
     coordinator/                          the coordinator's workspace: trust store, imports/,
                                           cases/external, fed.toml, fed-out/, study.toml, study/
     logs/<step>.log                       every command's output
@@ -80,6 +80,9 @@ class Demo:
             out += [
                 Step(f"keys-{s.name}", "keys", self._keys(s.name)),
                 Step(f"train-{s.name}", "train", self._train(s.name)),
+                # as a site would: generate, read the fidelity report, then export
+                Step(f"generate-{s.name}", "generate", self._generate(s.name)),
+                Step(f"fidelity-{s.name}", "fidelity", self._fidelity(s.name)),
                 Step(f"export-synthetic-{s.name}", "export-synthetic", self._export_syn(s.name)),
             ]
         src = p.sites[0].name  # the single source site of the paper's conditions
@@ -146,6 +149,28 @@ class Demo:
                 "fidelity": summary.get("fidelity", {}).get("summary", ""),
                 "seconds": summary.get("seconds", {}),
             }
+
+        return act
+
+    def _generate(self, name: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            res = self.runner.run(
+                f"generate-{name}",
+                [*SITE, "generate", "--n", str(self.plan.synthetic_cases), "-w",
+                 str(self.sites[name]), "--json"],
+                want_json=True,
+            )  # fmt: skip
+            return {"synthetic_cases": len(res["cases"])}
+
+        return act
+
+    def _fidelity(self, name: str) -> Callable[[], dict[str, Any]]:
+        def act() -> dict[str, Any]:
+            rep = self.runner.run(
+                f"fidelity-{name}", [*SITE, "fidelity", "-w", str(self.sites[name]), "--json"],
+                want_json=True,
+            )  # fmt: skip
+            return {"report": _abs(rep["paths"]["markdown"]), "worth": _worth(rep)}
 
         return act
 
@@ -294,6 +319,25 @@ def _screen(res: dict[str, Any]) -> dict[str, Any]:
         "memorisation_screened": mem.get("screened"),
         "memorisation_flagged": mem.get("flagged"),
         "replacement_rounds": mem.get("replacement_rounds"),
+    }
+
+
+def _worth(report: dict[str, Any]) -> dict[str, Any]:
+    """The fidelity report's "worth exporting?" headline figures."""
+    d = report.get("diagnostics", {})
+    if "error" in d or "label_fidelity" not in d:
+        return {"error": d.get("error", "no diagnostics in the report")}
+    lf, t = d["label_fidelity"], d["tstr"]
+    return {
+        "label_fidelity_auc": lf["auc_synthetic"],
+        "heldout_real_auc": lf["auc_real_heldout"],
+        "tstr_auc": t["auc_train_synthetic"],
+        "train_real_auc": t["auc_train_real"],
+        "n_heldout": lf["n_heldout"],
+        "precision_recall": {
+            s: [v["synthetic"]["precision"], v["synthetic"]["recall"]] if v["synthetic"] else None
+            for s, v in d["precision_recall"].items()
+        },
     }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.demo.configs import CONDITIONS
+from coordinator.demo.plan import DemoPlan
 from coordinator.demo.run import SITE, Demo
 from coordinator.study.report import cell_metrics, summarise
 from coordinator.trust.importer import verify_against_trust
@@ -58,6 +59,10 @@ def check_outputs(demo: Demo) -> dict[str, Any]:
         for k in ("auc_mean", "ap_mean"):
             if not (math.isfinite(row[k]) and 0.0 <= row[k] <= 1.0):
                 failures.append(f"study {row['condition']} f={row['fraction']}: {k} = {row[k]}")
+    for name, ws in demo.sites.items():
+        report = ws / "reports" / "fidelity" / "fidelity.md"
+        if not report.is_file():
+            failures.append(f"site {name}: no fidelity report at {report}")
     for name in ("report.md", "study.png", "metrics.csv", "comparisons.csv", "predictions.csv"):
         if not (study_dir / name).is_file():
             failures.append(f"study output missing: {study_dir / name}")
@@ -101,20 +106,29 @@ def _float(v: str | None) -> float | None:
 
 
 def where(demo: Demo) -> dict[str, str]:
-    """The paths a newcomer looks at first."""
-    return {
-        "summary": str(demo.ws / "DEMO.md"),
-        "study report": str(demo.coord / "study" / "report.md"),
-        "study plot": str(demo.coord / "study" / "study.png"),
-        "federation metrics": str(demo.coord / "fed-out" / "metrics.csv"),
-        "federation plot": str(demo.coord / "fed-out" / "metrics.png"),
-        "bundles": ", ".join(str(ws / "exports") for ws in demo.sites.values()),
-        "audit logs": ", ".join(str(ws / "audit" / "audit.jsonl") for ws in demo.sites.values()),
-        "fidelity reports (stay on site)": ", ".join(
-            str(ws / "reports" / "fidelity" / "fidelity.md") for ws in demo.sites.values()
-        ),
-        "logs": str(demo.ws / "logs"),
+    """The paths a newcomer looks at first: only those that exist (a path printed must be
+    there to open), so an entry whose files are all missing is left out."""
+    sites = demo.sites.values()
+    candidates = {
+        "summary": [demo.ws / "DEMO.md"],
+        "study report": [demo.coord / "study" / "report.md"],
+        "study plot": [demo.coord / "study" / "study.png"],
+        "federation metrics": [demo.coord / "fed-out" / "metrics.csv"],
+        "federation plot": [demo.coord / "fed-out" / "metrics.png"],
+        "bundles": [ws / "exports" for ws in sites],
+        "audit logs": [ws / "audit" / "audit.jsonl" for ws in sites],
+        "fidelity reports (stay on site)": [
+            ws / "reports" / "fidelity" / "fidelity.md" for ws in sites
+        ],
+        "logs": [demo.ws / "logs"],
     }
+    out = {}
+    for key, paths in candidates.items():
+        # DEMO.md is written after this listing, in the same call
+        there = [str(p) for p in paths if p.exists() or p == demo.ws / "DEMO.md"]
+        if there:
+            out[key] = ", ".join(there)
+    return out
 
 
 def write_summary(demo: Demo, checks: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -180,6 +194,7 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
             f"| {r['round']} | {r['phase']} | {r['accepted']} | {_fmt(r.get('test-auc'))} | "
             f"{_fmt(r.get('test-ap'))} |"
         )
+    lines += _worth_lines(p, rec["outputs"])
     lines += ["", "## Exports (signed, screened, verified again at the coordinator)", ""]
     for step, b in rec["checks"]["bundles"].items():
         sc = rec["outputs"].get(step, {}).get("screen")
@@ -197,6 +212,43 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
     lines += ["", "## Where things are", ""]
     lines += [f"- {k}: {v}" for k, v in rec["where"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _worth_lines(p: DemoPlan, outputs: dict[str, Any]) -> list[str]:
+    """Each site's fidelity-report diagnostics: were its synthetic cases worth exporting?"""
+    lines = [
+        "",
+        "## Synthetic sets: worth exporting? (each site's fidelity report, before export)",
+        "",
+        "| site | label-fidelity AUC | held-out real AUC (cases) | TSTR AUC | train-real AUC | "
+        "precision / recall (t2w, hbv, adc) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for s in p.sites:
+        w = outputs.get(f"fidelity-{s.name}", {}).get("worth")
+        if not w or "error" in w:
+            lines.append(f"| {s.name} | {(w or {}).get('error', 'not run')} | | | | |")
+            continue
+        pr = "; ".join(
+            "n/a" if v is None else f"{v[0]:.2f} / {v[1]:.2f}"
+            for v in w["precision_recall"].values()
+        )
+        lines.append(
+            f"| {s.name} | {_num(w['label_fidelity_auc'])} | {_num(w['heldout_real_auc'])} "
+            f"({w['n_heldout']}) | "
+            f"{_num(w['tstr_auc'])} | {_num(w['train_real_auc'])} | {pr} |"
+        )
+    lines += [
+        "",
+        "With a handful of held-out real cases the real references are coarse. How to read "
+        "each figure: the report itself (`reports/fidelity/fidelity.md` in each site's "
+        "workspace; it stays on site).",
+    ]
+    return lines
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _fmt(v: str | None) -> str:
