@@ -79,6 +79,7 @@ def ours(source: Any, ws: Path, limits: Limits, label: str) -> dict[str, Any]:
         study_instances=report.study_instances,
         modes=[p["mode"] for p in report.plans],
         usable=len(report.usable_studies),
+        phase_seconds=report.phase_seconds,
     )
     return out
 

@@ -61,6 +61,7 @@ class PullReport:
     estimated_bytes: int = 0
     study_estimated_bytes: int = 0
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # query+plan, fetch, verify
     failures: list[dict[str, str]] = field(default_factory=list)
     usable_studies: list[str] = field(default_factory=list)
     unusable_studies: list[dict[str, str]] = field(default_factory=list)
@@ -177,6 +178,7 @@ def pull(
     report.instances_planned = sum(p.n_fetch for p in active)
     report.instances_present = report.instances_planned - sum(len(u[2]) for u in units)
     report.query_bytes = source.query_bytes
+    report.phase_seconds["plan"] = time.perf_counter() - t0
     if dry_run:
         report.seconds = time.perf_counter() - t0
         return report
@@ -191,8 +193,11 @@ def pull(
         if events.planned:
             events.planned(sum(len(u[2]) for u in units), report.estimated_bytes)
         tally = _Tally(report, events)
+        t1 = time.perf_counter()
         _run_units(source, units, store, tally, limits)
+        t2 = time.perf_counter()
         _verify(source, active, store, tally, limits, mapping)
+        report.phase_seconds.update(fetch=t2 - t1, verify=time.perf_counter() - t2)
     finally:
         report.query_bytes = source.query_bytes
         report.seconds = time.perf_counter() - t0
