@@ -151,12 +151,13 @@ GENERATOR_VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def settings_for(size: Size) -> list[Setting]:
+    """Every setting, in the order the sweep runs them: the levers expected to move most
+    come first, so a sweep cut short has measured those."""
     base = Generator(SOURCE, size.diffusion_steps)
     out = [Setting("baseline", "baseline", "demo", (base,))]
     out += [
         Setting(f"count-x{m}", "count", f"x{m}", (base,), multiplier=m) for m in size.multipliers
     ]
-    out.append(Setting("positives-0.5", "positives", "0.5", (base,), positive_fraction=0.5))
     out.append(
         Setting(
             f"diffusion-{size.long_diffusion_steps}",
@@ -166,22 +167,18 @@ def settings_for(size: Size) -> list[Setting]:
         )
     )
     out += [
+        Setting(f"generator-{v}", "generator", v, (Generator(SOURCE, size.diffusion_steps, v),))
+        for v in GENERATOR_VARIANTS
+    ]
+    out += [
         Setting(f"guidance-{g:g}", "guidance", f"{g:g}", (base,), guidance=g) for g in size.guidance
     ]
+    out.append(Setting("positives-0.5", "positives", "0.5", (base,), positive_fraction=0.5))
     out.append(
         Setting(
             "pooled-2-sites", "pooling", "2 sites", (base, Generator(SECOND, size.diffusion_steps))
         )
     )
-    for variant in GENERATOR_VARIANTS:
-        out.append(
-            Setting(
-                f"generator-{variant}",
-                "generator",
-                variant,
-                (Generator(SOURCE, size.diffusion_steps, variant),),
-            )
-        )
     return out
 
 
@@ -295,17 +292,7 @@ def build_consortium(b: Bench) -> None:
                  sz.profile, "--json"],
             ),
         )  # fmt: skip
-    for site in (SOURCE, SECOND):
-        ph = b.phantom(site)
-        b.stage(
-            f"train-{site}",
-            lambda site=site, ph=ph: b.run(
-                f"train-{site}",
-                [*site_agent, "train", "--dicom-dir", str(ph / "dicom"), "--labels",
-                 str(ph / "labels.csv"), "--masks", str(ph / "masks"), "-w", str(b.site_ws(site)),
-                 "--profile", sz.profile, *_steps_args(sz, sz.diffusion_steps), "--json"],
-            ),
-        )  # fmt: skip
+    train_site(b, SOURCE)  # the second site trains when a pooled setting first needs it
     for source in ("real", "reconstructed"):
         b.stage(
             f"pretrain-{source}",
@@ -326,10 +313,26 @@ def build_consortium(b: Bench) -> None:
     )  # fmt: skip
 
 
+def train_site(b: Bench, site: str) -> None:
+    """``site-agent train`` on the site's phantom DICOM export (ingest, autoencoder, latent
+    diffusion at the baseline length)."""
+    sz, ph = b.size, b.phantom(site)
+    b.stage(
+        f"train-{site}",
+        lambda: b.run(
+            f"train-{site}",
+            [*_tool("site-agent"), "train", "--dicom-dir", str(ph / "dicom"), "--labels",
+             str(ph / "labels.csv"), "--masks", str(ph / "masks"), "-w", str(b.site_ws(site)),
+             "--profile", sz.profile, *_steps_args(sz, sz.diffusion_steps), "--json"],
+        ),
+    )  # fmt: skip
+
+
 def ensure_generator(b: Bench, g: Generator) -> Path:
     """The generator's workspace, trained. A longer or changed diffusion model gets its own
     copy of the site's workspace (real cases, autoencoder, latent cache, hold-out list), so the
     autoencoder and latents are reused and only the diffusion model is trained."""
+    train_site(b, g.site)
     ws = b.generator_ws(g)
     if ws == b.site_ws(g.site):
         return ws
