@@ -1,4 +1,9 @@
-"""Classifier networks from MONAI: EfficientNet-B0 (3D, the paper's) and a small fast CNN."""
+"""Classifier networks: EfficientNet-B0 (3D, the paper's; MONAI) and a small fast CNN.
+
+The small CNN is plain torch (``shared/classifier/small_cnn.py``): a federation node starts a
+fresh process for every message, and MONAI's import would cost each one seconds for nothing.
+Its weights load into MONAI's ``Classifier`` of the same arguments and back.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ def build_classifier(network: str, in_channels: int, grid_size: tuple[int, int, 
     ----------
     network
         ``"efficientnet-b0"`` (MONAI ``EfficientNetBN``, 3D, random init, as CCELLA++) or
-        ``"small-cnn"`` (MONAI ``Classifier``: four strided residual units, 16-128 channels,
+        ``"small-cnn"`` (:func:`small_cnn`: four strided residual units, 16-128 channels,
         about 0.6 M parameters) for the ``tiny`` and ``cpu`` profiles.
     in_channels
         3 for bpMRI (t2w, hbv, adc) or 1 for T2 only.
@@ -47,17 +52,15 @@ def build_classifier(network: str, in_channels: int, grid_size: tuple[int, int, 
             num_classes=1,
         )
     if network == "small-cnn":
-        from monai.networks.nets import Classifier
-
-        return Classifier(
-            in_shape=(in_channels, *grid_size),
-            classes=1,
-            channels=(16, 32, 64, 128),
-            strides=(2, 2, 2, 2),
-            num_res_units=1,
-            dropout=0.2,
-        )
+        return small_cnn(in_channels, grid_size)
     raise InputError(f"unknown classifier network {network!r}", hint=f"one of {NETWORKS}")
+
+
+def small_cnn(in_channels: int, grid_size: tuple[int, int, int]) -> nn.Module:
+    """MONAI's small ``Classifier`` in plain torch (``shared/classifier/small_cnn.py``)."""
+    from shared.classifier.small_cnn import SmallCNN
+
+    return SmallCNN(in_channels, grid_size)
 
 
 def count_parameters(model: nn.Module) -> int:

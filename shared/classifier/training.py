@@ -110,6 +110,8 @@ def train_classifier(
     """Train from ``init_state`` (or random init) and return the best state by validation AP."""
     import torch
 
+    from shared.classifier.optim import AdamW
+
     if len(train) == 0:
         raise InputError("no training cases")
     if val is not None and len(set(val.y.tolist())) < 2:
@@ -120,7 +122,9 @@ def train_classifier(
     model = build_classifier(cfg.network, cfg.in_channels, tuple(train.x.shape[2:]))  # type: ignore[arg-type]
     if init_state is not None:
         model.load_state_dict(init_state)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # torch.optim.AdamW's update, without torch.optim's import of torch._dynamo (seconds per
+    # fresh process: every federated train message is one)
+    opt = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = _loss_fn(cfg)
     best_state = copy.deepcopy(model.state_dict())
     best = (-math.inf, 0, None, None)  # (ap, step, ap, auc)
