@@ -40,10 +40,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from coordinator.federation.checkpoints import METRIC_COLUMNS
 from shared.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMED = ("seconds", "train-seconds", "train-compute-max", "eval-seconds", "eval-compute-max")
+TIMED = tuple(  # per-round wall, exchange, compute and start-up seconds of metrics.csv
+    c for c in METRIC_COLUMNS if c.endswith(("seconds", "-max")) and c != "overhead-seconds"
+)
 BYTES = ("array-bytes-down", "array-bytes-up", "wire-bytes-down", "wire-bytes-up")
 MESSAGES = (
     ("site", "query.describe"),
@@ -99,6 +102,20 @@ def run_deployment(ws: dict[str, Path], work: Path, rounds: tuple[int, int]) -> 
     }
 
 
+def baseline_deployment(ref: str, work: Path, rounds: tuple[int, int]) -> dict[str, Any]:
+    """The deployed run of the tree at ``ref``, by that tree's own benchmark (its start-up
+    part with one repeat is discarded)."""
+    tree = baseline_tree(ref, work)
+    out = work / "baseline-results"
+    cmd = [sys.executable, "-m", "benchmarks.federation_overhead", "--modes", "deployment"]
+    cmd += ["--pretrain", str(rounds[0]), "--adapt", str(rounds[1]), "--repeats", "1"]
+    cmd += ["--out", str(out), "--work", str(work / "baseline-work")]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    subprocess.run(cmd, cwd=tree, env=env, check=True, timeout=3600)
+    run = json.loads((out / "federation_overhead.json").read_text())["runs"]["deployment"]
+    return {"ref": ref} | run
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Median per phase of every timed and byte column."""
     by_phase: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -116,48 +133,20 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 # --------------------------------------------------------------------------- start-up
 
-MESSAGE_PROBE = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import shared.federation.client_app as ca
-t1 = time.perf_counter()
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 11, 7, 1
-role, ws, kind, arrays = sys.argv[1:5]
-config = {"server-round": 1, "local-steps": 2, "batch-size": 4, "fraction": 0.5,
-          "split": "0.5,0.25,0.25,0"}
-content = {"config": ConfigRecord(config)}
-if kind != "query.describe":
-    with np.load(arrays) as z:
-        content["arrays"] = ArrayRecord({k: Array(z[k]) for k in z.files})
-msg = Message(RecordDict(content), dst_node_id=7, message_type=kind)
-msg.metadata.__dict__["_src_node_id"] = 1
-ctx = Context(run_id=11, node_id=7, node_config={"role": role, "workspace": ws},
-              state=RecordDict(), run_config={})
-t2 = time.perf_counter()
-reply = ca.app(msg, ctx)
-t3 = time.perf_counter()
-assert not reply.has_error(), reply.error.reason
-compute = reply.content.metric_records["metrics"].get("compute-seconds")
-print(json.dumps({"import-client-app": t1 - t0, "handler": t3 - t2, "compute": compute,
-                  "torch-loaded": "torch" in sys.modules}))
-"""
 
-
-def _env(flwr_home: Path) -> dict[str, str]:
+def _env(flwr_home: Path, tree: Path = ROOT) -> dict[str, str]:
     from coordinator.federation.runner import flwr_env
 
     env = flwr_env(flwr_home)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(tree)
     return env
 
 
-def _timed_python(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+def _timed_python(args: list[str], env: dict[str, str], tree: Path = ROOT) -> tuple[float, str]:
+    """Wall seconds of a fresh interpreter running ``args`` in source tree ``tree``."""
     t0 = time.perf_counter()
     cmd = [sys.executable, *args]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     if res.returncode:
         raise RuntimeError(f"{cmd[:3]} failed: {(res.stdout + res.stderr)[-1500:]}")
     return time.perf_counter() - t0, res.stdout + res.stderr
@@ -182,8 +171,60 @@ def import_breakdown(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def startup(ws: dict[str, Path], work: Path, repeats: int) -> dict[str, Any]:
-    """Fresh-interpreter costs: Python, the ClientApp module, and one message per role."""
+def message_startup(
+    ws: dict[str, Path], arrays: Path, trees: dict[str, tuple[Path, dict[str, str]]], repeats: int
+) -> dict[str, list[dict[str, Any]]]:
+    """One whole message per (role, kind) in fresh processes, as a deployed node runs each,
+    for every source tree of ``trees`` (name -> (tree, environment)), the trees taking turns
+    so that a change in the machine's load falls on all of them alike.
+
+    ``startup`` = the process's wall time - the node's own ``compute-seconds`` (interpreter,
+    imports, policy and audit set-up, reply): what the message pays before and around its
+    work. The first process of each kind finds no case cache (``cold``); the ``repeats``
+    after it find the cache the first one wrote (their medians are reported).
+    """
+    from tests.federation_support import MESSAGE_PROBE
+
+    keys = ("process", "startup", "import-client-app", "handler", "compute")
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for role, kind in MESSAGES:
+        node_ws = ws["target" if role == "target" else "aurora"]
+        shutil.rmtree(node_ws / "work" / "federation", ignore_errors=True)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for _ in range(1 + repeats):
+            for name, (tree, env) in trees.items():
+                wall, out = _timed_python(
+                    ["-c", MESSAGE_PROBE, role, str(node_ws), kind, str(arrays)], env, tree
+                )
+                run = json.loads(out.strip().splitlines()[-1]) | {"process": wall}
+                run["startup"] = wall - float(run["compute"] or 0.0)
+                runs[name].append(run)
+        for name, rs in runs.items():
+            timings = {k: statistics.median(float(r[k] or 0.0) for r in rs[1:]) for k in keys}
+            rows[name].append(
+                {"role": role, "kind": kind, "loaded": rs[-1].get("loaded", [])}
+                | timings
+                | {"cold": {k: round(float(rs[0][k] or 0.0), 4) for k in keys}}
+            )
+    return rows
+
+
+def baseline_tree(ref: str, work: Path) -> Path:
+    """The source tree at git ``ref`` (``git archive``; the working tree is not touched)."""
+    tree = work / f"baseline-{ref.replace('/', '_')}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def startup(
+    ws: dict[str, Path], work: Path, repeats: int, baseline: str | None = None
+) -> dict[str, Any]:
+    """Fresh-interpreter costs: Python, the ClientApp module, and one message per role and
+    kind, for this tree and (``baseline``) the tree at a git ref, measured in the same run."""
     import numpy as np
 
     from coordinator.federation.config import FederationConfig
@@ -203,23 +244,15 @@ def startup(ws: dict[str, Path], work: Path, repeats: int) -> dict[str, Any]:
         "flwr-import-seconds": median_wall(["-c", "import flwr.app, flwr.clientapp"]),
         "torch-import-seconds": median_wall(["-c", "import torch"]),
         "imports": import_breakdown(env),
-        "messages": [],
     }
-    for role, kind in MESSAGES:
-        node_ws = ws["target" if role == "target" else "aurora"]
-        runs = []
-        for _ in range(repeats):
-            wall, out = _timed_python(
-                ["-c", MESSAGE_PROBE, role, str(node_ws), kind, str(arrays)], env
-            )
-            runs.append(json.loads(out.strip().splitlines()[-1]) | {"process": wall})
-        timings = {
-            k: statistics.median(float(r[k] or 0.0) for r in runs)
-            for k in ("process", "import-client-app", "handler", "compute")
-        }
-        res["messages"].append(
-            {"role": role, "kind": kind, "torch-loaded": runs[0]["torch-loaded"]} | timings
-        )
+    trees = {"this": (ROOT, env)}
+    if baseline:
+        tree = baseline_tree(baseline, work)
+        trees["baseline"] = (tree, _env(work / "flwr-home-baseline", tree))
+    rows = message_startup(ws, arrays, trees, repeats)
+    res["messages"] = rows["this"]
+    if baseline:
+        res["baseline"] = {"ref": baseline, "messages": rows["baseline"]}
     return res
 
 
@@ -230,18 +263,30 @@ def _figure(name: str, value: float, unit: str) -> dict[str, Any]:
     return {"name": name, "value": value, "unit": unit}
 
 
+def _run_figures(label: str, s: dict[str, float]) -> list[dict[str, Any]]:
+    figs = [
+        _figure(
+            f"{label}: overhead (wall − slowest node compute), median",
+            round(s["overhead-seconds"], 2),
+            "s",
+        ),
+        _figure(f"{label}: wall time, median", round(s["seconds"], 2), "s"),
+    ]
+    for key, what in (("train-startup-max", "train"), ("eval-startup-max", "evaluate")):
+        if key in s:  # as the nodes report it (a tree before startup-seconds has none)
+            figs.append(
+                _figure(f"{label}: {what} message start-up (slowest node), median", s[key], "s")
+            )
+    return figs
+
+
 def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     figs: list[dict[str, Any]] = []
     for mode, run in result["runs"].items():
         for phase, s in run["summary"].items():
             label = f"{mode}, {phase} round"
+            figs += _run_figures(label, s)
             figs += [
-                _figure(
-                    f"{label}: overhead (wall − slowest node compute), median",
-                    round(s["overhead-seconds"], 2),
-                    "s",
-                ),
-                _figure(f"{label}: wall time, median", round(s["seconds"], 2), "s"),
                 _figure(
                     f"{label}: array bytes sent + received",
                     int(s["array-bytes-down"] + s["array-bytes-up"]),
@@ -253,6 +298,10 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "bytes",
                 ),
             ]
+    base = result.get("baseline-deployment")
+    if base:
+        for phase, s in base["summary"].items():
+            figs += _run_figures(f"deployment at {base['ref']} (before), {phase} round", s)
     st = result["startup"]
     figs.append(_figure("fresh Python interpreter", round(st["python-seconds"], 3), "s"))
     figs.append(
@@ -262,9 +311,32 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
             "s",
         )
     )
+    before = {(m["role"], m["kind"]): m for m in st.get("baseline", {}).get("messages", [])}
     for m in st["messages"]:
         name = f"{m['role']} {m['kind']} message in a fresh process"
         figs.append(_figure(name, round(m["process"], 3), "s"))
+        figs.append(_figure(f"{name}: start-up (wall − compute)", round(m["startup"], 3), "s"))
+        if m["kind"] != "query.describe":
+            figs.append(
+                _figure(
+                    f"{name}: start-up with no case cache yet",
+                    round(m["cold"]["startup"], 3),
+                    "s",
+                )
+            )
+        old = before.get((m["role"], m["kind"]))
+        if old:
+            ref = st["baseline"]["ref"]
+            figs.append(
+                _figure(f"{name}: start-up at {ref} (before)", round(old["startup"], 3), "s")
+            )
+            figs.append(
+                _figure(
+                    f"{name}: start-up, before / after (same run)",
+                    round(old["startup"] / m["startup"], 2),
+                    "×",
+                )
+            )
     return figs
 
 
@@ -289,7 +361,10 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "runs": {},
     }
     print(f"start-up costs ({args.repeats} fresh processes each) ...", flush=True)
-    result["startup"] = startup(ws, work, args.repeats)
+    result["startup"] = startup(ws, work, args.repeats, args.baseline)
+    if args.baseline and "deployment" in args.modes:
+        print(f"deployment at {args.baseline} (before) ...", flush=True)
+        result["baseline-deployment"] = baseline_deployment(args.baseline, work, rounds)
     for mode in args.modes:
         print(f"{mode}: {rounds[0]} + {rounds[1]} rounds ...", flush=True)
         run = (run_simulation if mode == "simulation" else run_deployment)(ws, work, rounds)
@@ -309,6 +384,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="fresh-process start-up repeats")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    ap.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also measure the source tree at this git ref (message start-up, interleaved "
+        "with this tree's, and a deployed run) in the same run, for before/after ratios",
+    )
     args = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     work = Path(args.work or tempfile.mkdtemp(prefix="fed-overhead-")).resolve()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -129,6 +130,43 @@ nodes = [
     return path
 
 
+# One message handled by the ClientApp in a fresh interpreter, as a deployed node runs each:
+# ``python -c MESSAGE_PROBE ROLE WORKSPACE KIND GLOBAL.npz`` prints JSON with the seconds to
+# import the ClientApp module and to handle the message, the node's reported compute- and
+# startup-seconds, and which heavy packages the process ended up importing.
+MESSAGE_PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import shared.federation.client_app as ca
+t1 = time.perf_counter()
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 11, 7, 1
+role, ws, kind, arrays = sys.argv[1:5]
+config = {"server-round": 1, "local-steps": 2, "batch-size": 4, "fraction": 0.5,
+          "split": "0.5,0.25,0.25,0"}
+content = {"config": ConfigRecord(config)}
+if kind != "query.describe":
+    with np.load(arrays) as z:
+        content["arrays"] = ArrayRecord({k: Array(z[k]) for k in z.files})
+msg = Message(RecordDict(content), dst_node_id=7, message_type=kind)
+msg.metadata.__dict__["_src_node_id"] = 1
+ctx = Context(run_id=11, node_id=7, node_config={"role": role, "workspace": ws},
+              state=RecordDict(), run_config={})
+t2 = time.perf_counter()
+reply = ca.app(msg, ctx)
+t3 = time.perf_counter()
+assert not reply.has_error(), reply.error.reason
+metrics = reply.content.metric_records["metrics"]
+compute = metrics.get("compute-seconds")
+print(json.dumps({"import-client-app": t1 - t0, "handler": t3 - t2, "compute": compute,
+                  "reported-startup": metrics.get("startup-seconds"),
+                  "loaded": [m for m in ("torch", "torch._dynamo", "monai", "sklearn", "nibabel")
+                             if m in sys.modules]}))
+"""
+
+
 # --------------------------------------------------------------------------- deployment
 
 
@@ -148,6 +186,7 @@ class Deployment:
         self.procs: list[subprocess.Popen] = []
         self.nodes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
+        self.superlink: subprocess.Popen | None = None
 
     def __enter__(self) -> Deployment:
         return self
@@ -180,16 +219,20 @@ class Deployment:
             timeout=timeout,
         )
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, timeout: float = 300) -> None:
+        """Certificates (first call only) and the SuperLink on this deployment's port and state
+        folder; a second call after :meth:`crash_superlink` is a restart on the same database.
+        Returns once its health endpoint answers (``timeout`` is a safety bound only)."""
         from coordinator.federation.runner import wait_http, write_connection
 
-        subprocess.run(
-            [str(DEPLOY / "make-certs.sh"), str(self.certs)],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        link = self.start(
+        if not (self.certs / "ca.crt").is_file():
+            subprocess.run(
+                [str(DEPLOY / "make-certs.sh"), str(self.certs)],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        self.superlink = self.start(
             "superlink",
             [
                 str(DEPLOY / "superlink.sh"),
@@ -202,7 +245,7 @@ class Deployment:
             ],
         )
         ctx = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
-        wait_http(f"https://127.0.0.1:{self.port}/health", 60, link, context=ctx)
+        wait_http(f"https://127.0.0.1:{self.port}/health", timeout, self.superlink, context=ctx)
         write_connection(
             self.home, "tls", self.address, insecure=False, root_certificates=str(self.ca)
         )
@@ -255,15 +298,52 @@ class Deployment:
         self.nodes[name] = p
         return p
 
-    def online(self) -> int:
-        res = self.flwr("supernode", "ls", "tls", "--format", "json")
-        try:
-            nodes = json.loads(res.stdout).get("nodes", [])
-        except ValueError:
-            return 0
-        return sum(1 for n in nodes if n.get("status") == "online")
+    def activations(self, name: str) -> list[int]:
+        """The node ids a SuperNode was given each time it connected (from its own log)."""
+        log = self.logs.get(name)
+        text = log.read_text(errors="replace") if log and log.is_file() else ""
+        return [int(m) for m in re.findall(r"SuperNode ID: (\d+)", text)]
 
-    def wait_online(self, n: int, timeout: float = 90) -> None:
+    def restart_node(
+        self,
+        name: str,
+        role: str,
+        ws: Path,
+        env: dict[str, str] | None = None,
+        retry_after: float = 5.0,
+        timeout: float = 600,
+    ) -> int:
+        """Start a SuperNode again after a crash, as ``Restart=on-failure`` would (see
+        deploy/systemd): the SuperLink refuses to activate a node it still counts as online
+        (until the crashed session's heartbeats expire, at most 2 x 30 s), so a refused start
+        is retried. Returns the node id it was given, once it is connected; ``timeout`` is a
+        safety bound only."""
+        before = len(self.activations(name))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            p = self.start_node(name, role, ws, env)
+            while p.poll() is None and len(self.activations(name)) == before:
+                assert time.monotonic() < deadline, self.logs[name].read_text()[-1500:]
+                time.sleep(0.2)
+            if len(self.activations(name)) > before:
+                return self.activations(name)[-1]
+            time.sleep(retry_after)
+        raise AssertionError(f"{name} did not reconnect: {self.logs[name].read_text()[-1500:]}")
+
+    def supernodes(self) -> list[dict]:
+        """``flwr supernode ls`` as JSON rows (empty while the SuperLink does not answer)."""
+        try:
+            res = self.flwr("supernode", "ls", "tls", "--format", "json")
+            return list(json.loads(res.stdout).get("nodes", []))
+        except (ValueError, subprocess.TimeoutExpired):
+            return []
+
+    def online(self) -> int:
+        return sum(1 for n in self.supernodes() if n.get("status") == "online")
+
+    def wait_online(self, n: int, timeout: float = 600) -> None:
+        """Until ``n`` SuperNodes are online: returns as soon as they are; ``timeout`` is a
+        safety bound for a machine under load, not a performance limit."""
         deadline = time.monotonic() + timeout
         while self.online() < n and time.monotonic() < deadline:
             time.sleep(1)
@@ -275,9 +355,11 @@ class Deployment:
         out: Path,
         rounds: tuple[int, int] = (1, 1),
         min_sites: int = 1,
-        round_timeout: float = 120,
+        round_timeout: float = 600,
     ) -> Path:
-        """A deployment-mode fed.toml against this SuperLink (pretrain, adapt rounds)."""
+        """A deployment-mode fed.toml against this SuperLink (pretrain, adapt rounds). Both
+        timeouts are bounds, not waits: an exchange ends when every node has answered or the
+        SuperLink reports it gone, so generous values cost nothing when nodes answer."""
         path.write_text(f"""
 [federation]
 out = "{out}"
@@ -286,7 +368,7 @@ profile = "tiny"
 expected-nodes = 3
 min-sites = {min_sites}
 round-timeout = {round_timeout}
-node-wait-timeout = 60
+node-wait-timeout = 600
 
 [pretrain]
 rounds = {rounds[0]}
@@ -309,14 +391,13 @@ root-certificates = "{self.ca}"
     def crash_node(self, name: str) -> None:
         """SIGKILL a SuperNode with its process group and Flower's helpers (a power cut: the
         node sends nothing more, not even a goodbye)."""
-        from coordinator.federation.runner import detached_helpers
+        _crash(self.nodes[name])
 
-        p = self.nodes[name]
-        groups = [p.pid] + [_pgid(h) for h in detached_helpers(p.pid)]
-        for g in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
-                os.killpg(g, signal.SIGKILL)
-        p.wait(timeout=10)
+    def crash_superlink(self) -> None:
+        """SIGKILL the SuperLink with its helpers and the ServerApp they run (a power cut at
+        the coordinator); its state database stays for :meth:`start_superlink`."""
+        assert self.superlink is not None, "no SuperLink started"
+        _crash(self.superlink)
 
     def stop_node(self, name: str) -> None:
         """SIGTERM a SuperNode (and its helpers), SIGKILL what is left after a grace period."""
@@ -339,6 +420,16 @@ root-certificates = "{self.ca}"
                 if needle in (proc_dir / "environ").read_bytes().split(b"\0"):
                     found.append(int(proc_dir.name))
         return found
+
+
+def _crash(p: subprocess.Popen) -> None:
+    from coordinator.federation.runner import detached_helpers
+
+    groups = [p.pid] + [_pgid(h) for h in detached_helpers(p.pid)]
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
+            os.killpg(g, signal.SIGKILL)
+    p.wait(timeout=30)
 
 
 def _pgid(pid: int) -> int | None:

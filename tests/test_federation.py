@@ -126,6 +126,105 @@ def test_site_node_trains_and_audits(site_ws):
     assert _audit_ok(site_ws)
 
 
+def test_case_cache_follows_the_store_content(tmp_path, monkeypatch):
+    from shared.case_format import list_cases
+    from shared.classifier import data as data_module
+    from shared.classifier.data import load_case_tensors
+    from shared.federation import case_cache
+    from tests.federation_support import make_store
+
+    store = make_store(tmp_path / "ws" / "cases" / "synthetic", 5, 1, "synthetic")
+    ws = tmp_path / "ws"
+    entries = lambda: sorted(p.name for p in (ws / case_cache.CACHE_DIR).glob("*.npz"))  # noqa: E731
+    first = case_cache.cached_case_tensors(ws, "synthetic", list_cases(store))
+    ref = load_case_tensors(list_cases(store))
+    assert np.array_equal(first.x, ref.x) and np.array_equal(first.y, ref.y)
+    assert first.ids == ref.ids and len(entries()) == 1
+
+    # a fresh process (no in-memory copy) reads the entry and decodes nothing
+    case_cache._IN_PROCESS.clear()
+    monkeypatch.setattr(data_module, "load_case_tensors", _no_decoding)
+    again = case_cache.cached_case_tensors(ws, "synthetic", list_cases(store))
+    assert np.array_equal(again.x, ref.x) and again.ids == ref.ids
+
+    # a rewritten volume (same name, other bytes) is another store: decoded again, one entry
+    monkeypatch.undo()
+    case_cache._IN_PROCESS.clear()
+    victim = list_cases(store)[0] / "hbv.nii.gz"
+    victim.write_bytes(list_cases(store)[1].joinpath("hbv.nii.gz").read_bytes())
+    changed = case_cache.cached_case_tensors(ws, "synthetic", list_cases(store))
+    assert np.array_equal(changed.x[0, 1], ref.x[1, 1]) and len(entries()) == 1
+    # a removed case too
+    import shutil
+
+    shutil.rmtree(list_cases(store)[-1])
+    assert len(case_cache.cached_case_tensors(ws, "synthetic", list_cases(store))) == 4
+    assert len(entries()) == 1
+
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("the cache should have answered")
+
+
+def test_node_metrics_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
+
+    from shared.federation import metrics
+
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        y = rng.integers(0, 2, int(rng.integers(2, 40)))
+        if len(set(y.tolist())) < 2:
+            continue
+        # every other draw has heavy ties (a model that outputs few distinct scores)
+        s = (rng.integers(0, 4, len(y)) / 3.0 if i % 2 else rng.random(len(y))).astype("float32")
+        assert metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert metrics.average_precision(y, s) == pytest.approx(
+            average_precision_score(y, s), abs=1e-12
+        )
+        p = np.clip(s, 1e-6, 1 - 1e-6)
+        assert metrics.log_loss(y, p) == pytest.approx(log_loss(y, p, labels=[0, 1]), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("role", "kind"),
+    [
+        ("site", "query.describe"),
+        ("target", "query.describe"),
+        ("site", "train"),
+        ("target", "train"),
+        ("target", "evaluate"),
+    ],
+)
+def test_a_message_imports_only_what_it_uses(tmp_path_factory, role, kind):
+    """A deployed node answers each message in a fresh process: describe imports no torch;
+    train and evaluate import torch but not MONAI, scikit-learn or torch._dynamo, nor nibabel
+    once the node's case tensors are cached (the first message of the store decodes them)."""
+    import subprocess
+    import sys
+
+    from tests.federation_support import MESSAGE_PROBE
+
+    ws = make_consortium(tmp_path_factory.mktemp("fresh"))
+    node_ws = ws["target" if role == "target" else "aurora"]
+    arrays = node_ws.parent / "global.npz"
+    np.savez(arrays, **{k: v.numpy() for k, v in _global_arrays().items()})
+    runs = []
+    for _ in range(2 if kind != "query.describe" else 1):  # the 2nd finds the case cache
+        res = subprocess.run(
+            [sys.executable, "-c", MESSAGE_PROBE, role, str(node_ws), kind, str(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    last = runs[-1]
+    assert last["loaded"] == ([] if kind == "query.describe" else ["torch"]), last["loaded"]
+    assert last["reported-startup"] > 0 and last["compute"] >= 0
+
+
 @pytest.mark.parametrize(
     ("kind", "config", "why"),
     [
@@ -382,10 +481,11 @@ def test_exchange_names_every_missing_node_and_never_waits_past_its_timeout():
     msgs = [Message(content, dst_node_id=n, message_type="train") for n in reached]
     t0 = time.monotonic()
     ex = exchange(grid, msgs, timeout=0.5, offline=offline)
-    assert 0.5 <= time.monotonic() - t0 < 5  # waited for node 4, but only until the timeout
+    # waited for node 4, but only until the timeout (the bound is loose: a busy machine)
+    assert 0.5 <= time.monotonic() - t0 < 60
     assert [int(m.metadata.src_node_id) for m in ex.replies] == [2]
     assert ex.missing == {
-        3: "node unavailable (it stopped sending heartbeats)",
+        3: "node unavailable (it disconnected or stopped sending heartbeats)",
         4: "no reply within round-timeout 0.5 s",
         5: "offline before the round (no heartbeat)",
     }
@@ -399,3 +499,27 @@ def test_failure_reason_is_one_line_without_flowers_prefix():
     details = "ServerApp failed with exception: round 1 (pretrain): 0 valid\nreplies"
     assert failure_reason(details) == "round 1 (pretrain): 0 valid replies"
     assert failure_reason("") == "see log"
+
+
+def test_run_status_is_none_while_the_superlink_does_not_answer(monkeypatch):
+    import subprocess
+
+    from coordinator.federation import runner
+
+    answers = {
+        '{"success": false, "error-message": "Connection to the SuperLink is unavailable"}': None,
+        '{"success": true, "runs": [{"run-id": "5", "status": "running"}]}': {
+            "run-id": "5",
+            "status": "running",
+        },
+    }
+    for stdout, expected in answers.items():
+        done = subprocess.CompletedProcess([], 0, stdout=stdout, stderr="")
+        monkeypatch.setattr(subprocess, "run", lambda *a, _done=done, **k: _done)
+        assert runner.run_status(Path("/nonexistent"), "c", 5) == expected
+
+    def hang(*args, **kwargs):
+        raise subprocess.TimeoutExpired("flwr", 60)
+
+    monkeypatch.setattr(subprocess, "run", hang)
+    assert runner.run_status(Path("/nonexistent"), "c", 5) is None

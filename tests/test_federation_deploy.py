@@ -1,6 +1,7 @@
 """Deployment on loopback: a real flower-superlink (TLS, SuperNode auth, state database) and
-flower-supernode processes (two sites, one target) started through deploy/*.sh, one set of
-processes and certificates for the whole check:
+flower-supernode processes (two sites, one target) started through deploy/*.sh.
+
+First test, one set of processes and certificates:
 
 1. A SuperNode with an unregistered key is refused.
 2. A site node disconnects while round 1 is in flight (SIGTERM once its train handler runs):
@@ -8,19 +9,31 @@ processes and certificates for the whole check:
    1 adaptation round) is recorded as finished:completed, ``metrics.csv`` names the missing
    node for round 1, and ``pretrained/`` and ``final/`` are written.
 3. The node is restarted and crashes (SIGKILL) mid-round with ``min-sites = 2``: the run ends
-   within about ``round-timeout`` with a one-line message naming the node, a failed status
-   and no checkpoint.
+   by its ``round-timeout`` with a one-line message naming the node, a failed status and no
+   checkpoint.
 
-The node is held in its train handler by the test-only ``PROSTATE_FL_TEST_STALL_TRAIN`` hook
-(``shared/federation/client_app.py``), so it can be killed mid-round. Every process group
-started here is stopped and nothing with the test's FLWR_HOME is left running. Select it with
-``pytest tests/test_federation_deploy.py`` (marked ``slow``).
+Second test: a SuperNode restarted mid-run rejoins and the run completes; a SuperLink
+restarted on its database keeps its registrations and the federation resumes after its last
+checkpointed round.
+
+Robust on a busy machine: every wait is event-driven (a marker file, a checkpoint, a node's
+log, the SuperLink's own answer for a node that said goodbye) with a generous safety bound, and
+the one round-timeout a check relies on (the crash in 3) is derived from what a train exchange
+took earlier in the same test. Nothing asserts how fast anything was.
+
+A node is held in a handler by the test-only ``PROSTATE_FL_TEST_STALL_TRAIN`` hook (with
+``PROSTATE_FL_TEST_STALL_KIND``; ``shared/federation/client_app.py``), so it can be killed or
+restarted mid-round. Every process group started here is stopped and nothing with the test's
+FLWR_HOME is left running. Select it with ``pytest tests/test_federation_deploy.py`` (marked
+``slow``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -32,7 +45,8 @@ import pytest
 
 from coordinator.federation.config import load_fed_toml
 from coordinator.federation.runner import RunFailed, run_fed_toml
-from shared.federation.client_app import TEST_STALL_ENV
+from shared.federation.client_app import TEST_STALL_ENV, TEST_STALL_KIND_ENV
+from shared.federation.records import MSG_EVALUATE
 from tests.federation_support import Deployment, make_consortium
 
 pytestmark = [
@@ -52,24 +66,23 @@ class _Background:
     def __init__(self, cfg: Path) -> None:
         self.result: Any = None
         self.error: BaseException | None = None
-        self.ended = 0.0
         self.thread = threading.Thread(target=self._run, args=(cfg,), daemon=True)
         self.thread.start()
 
     def _run(self, cfg: Path) -> None:
-        try:
-            self.result = run_fed_toml(load_fed_toml(cfg), timeout=300)
+        try:  # the timeout is a safety bound for a machine under load
+            self.result = run_fed_toml(load_fed_toml(cfg), timeout=900)
         except BaseException as exc:  # handed to the test thread
             self.error = exc
-        self.ended = time.monotonic()
 
     def join(self, timeout: float) -> None:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the federation run did not end"
 
 
-def _wait_for_stall(marker: Path, run: _Background, timeout: float = 180) -> float:
-    """Wait until the stalled node's train handler runs (the round is in flight)."""
+def _wait_for_stall(marker: Path, run: _Background, timeout: float = 900) -> float:
+    """Wait until the stalled node's handler runs (the round is in flight); ``timeout`` is a
+    safety bound only."""
     deadline = time.monotonic() + timeout
     while not marker.exists():
         assert run.thread.is_alive(), f"the run ended before the node stalled: {run.error!r}"
@@ -101,10 +114,12 @@ def test_tls_deployment_refuses_intruders_and_survives_a_node_lost_mid_round(tmp
 
         # (a) aurora disconnects mid-round; borealis alone meets min-sites = 1
         out = tmp_path / "out-a"
-        run = _Background(dep.fed_toml(tmp_path / "a.toml", out, (1, 1), 1, round_timeout=40))
+        # round-timeout stays generous: the stopped node says goodbye, the SuperLink answers
+        # for it at once, so nothing waits for the timeout (only a hung node would)
+        run = _Background(dep.fed_toml(tmp_path / "a.toml", out, (1, 1), 1))
         _wait_for_stall(stall["a"], run)
         dep.stop_node("aurora")
-        run.join(300)
+        run.join(900)
         assert run.error is None, run.error
         assert run.result.status == "finished:completed"
         runs = json.loads(dep.flwr("ls", "tls", "--format", "json").stdout)["runs"]
@@ -129,20 +144,26 @@ def test_tls_deployment_refuses_intruders_and_survives_a_node_lost_mid_round(tmp
         text = dep.logs["intruder"].read_text()
         assert "Failed to activate" in text or "must be registered" in text, text[-1500:]
 
-        # (b) aurora back, then it crashes mid-round; min-sites = 2 cannot be met
+        # (b) aurora back, then it crashes mid-round; min-sites = 2 cannot be met. A crashed
+        # node sends no goodbye, so here the round-timeout is what ends the round: derived
+        # from what a train exchange took above on this machine, and below the 30 s or more
+        # that the SuperLink takes to give up on a silent node (so the timeout comes first)
+        took = max(float(r["train-seconds"]) for r in rows)
+        timeout = round(min(30.0, max(10.0, 2 * took)))
         dep.start_node("aurora", "site", ws["aurora"], {TEST_STALL_ENV: str(stall["b"])})
         dep.wait_online(3)
         out = tmp_path / "out-b"
-        run = _Background(dep.fed_toml(tmp_path / "b.toml", out, (1, 0), 2, round_timeout=10))
-        stalled = _wait_for_stall(stall["b"], run)
+        cfg = dep.fed_toml(tmp_path / "b.toml", out, (1, 0), 2, round_timeout=timeout)
+        run = _Background(cfg)
+        _wait_for_stall(stall["b"], run)
         dep.crash_node("aurora")
-        run.join(300)
-        assert run.ended - stalled < 10 + 60, "the failing round was not bounded by its timeout"
+        run.join(900)
         assert isinstance(run.error, RunFailed), run.error
         message = run.error.message
         assert "\n" not in message and "finished:failed" in message, message
         assert "round 1 (pretrain)" in message and "2 needed" in message, message
-        assert "aurora" in message and "no reply within round-timeout 10 s" in message, message
+        reason = rf"aurora \(node \d+\): no reply within round-timeout {timeout} s"
+        assert re.search(reason, message), message
         assert not (out / "state.json").exists() and not (out / "final").exists()
         lost = [x for x in _jsonl(out / "rejections.jsonl") if "aurora" in x["node"]]
         assert [(x["round"], x["missing"]) for x in lost] == [(1, True)]
@@ -153,3 +174,98 @@ def test_tls_deployment_refuses_intruders_and_survives_a_node_lost_mid_round(tmp
     while dep.leftovers() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert dep.leftovers() == [], subprocess.run(["ps", "-f"], capture_output=True, text=True)
+
+
+def _wait_for_round(out: Path, r: int, run: _Background, timeout: float = 900) -> int:
+    """Wait until round ``r`` is checkpointed (``state.json``); return the last round saved."""
+    deadline = time.monotonic() + timeout
+    state = out / "state.json"
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            last = int(json.loads(state.read_text())["last-round"])
+            if last >= r:
+                return last
+        assert run.thread.is_alive(), f"the run ended before round {r}: {run.error!r}"
+        assert time.monotonic() < deadline, f"round {r} was never checkpointed"
+        time.sleep(0.2)
+
+
+def _replied_rounds(ws: Path, run_id: int) -> list[int]:
+    """Rounds a site's signed audit log records replies for, in run ``run_id``."""
+    entries = _jsonl(ws / "audit" / "audit.jsonl")
+    return [
+        int(e["details"]["server-round"])
+        for e in entries
+        if e.get("event") == "federation-reply"
+        and int(e["details"].get("run-id", -1)) == run_id
+        and e["details"].get("message-type") == "train"
+    ]
+
+
+def test_tls_deployment_rejoins_a_restarted_supernode_and_resumes_after_a_superlink_restart(
+    tmp_path,
+):
+    """The faults Flower users report most, with real processes:
+
+    1. A site's SuperNode loses power mid-run (SIGKILL while the run is held in round 1's
+       evaluation) and is restarted with the same key: it gets its node id back, and the run,
+       which needs both sites every round, completes without a SuperLink restart.
+    2. The SuperLink loses power mid-run and is restarted on its state database: the
+       registrations and node ids are still there (nothing is registered again), the
+       SuperNodes reconnect by themselves, and rerunning the federation resumes after the
+       last checkpointed round.
+    """
+    ws = make_consortium(tmp_path / "ws")
+    hold = tmp_path / "hold-evaluation"
+    with Deployment(tmp_path) as dep:
+        dep.start_superlink()
+        for name, role in NODES:
+            dep.make_key(name)
+            env = {TEST_STALL_ENV: str(hold), TEST_STALL_KIND_ENV: MSG_EVALUATE}
+            dep.start_node(name, role, ws[name], env if name == "target" else None)
+        dep.wait_online(3)
+        ids = {n["node-id"] for n in dep.supernodes()}
+        aurora = dep.activations("aurora")[-1]
+
+        # (1) aurora crashes and comes back while round 1 is held; round 2 needs it
+        out = tmp_path / "out-node"
+        run = _Background(dep.fed_toml(tmp_path / "node.toml", out, (2, 0), min_sites=2))
+        _wait_for_stall(hold, run)
+        dep.crash_node("aurora")
+        assert dep.restart_node("aurora", "site", ws["aurora"]) == aurora
+        hold.unlink()  # round 1's evaluation goes on, then round 2 trains on both sites
+        run.join(900)
+        assert run.error is None, run.error
+        assert run.result.status == "finished:completed"
+        assert [(r["round"], r["accepted"], r["missing"]) for r in _rows(out)] == [
+            ("1", "2", "0"),
+            ("2", "2", "0"),
+        ]
+        assert _replied_rounds(ws["aurora"], run.result.run_id) == [1, 2]
+        assert dep.superlink is not None and dep.superlink.poll() is None  # never restarted
+
+        # (2) the SuperLink crashes once round 1 of a 3-round run is checkpointed
+        out = tmp_path / "out-link"
+        cfg = dep.fed_toml(tmp_path / "link.toml", out, (2, 1), min_sites=2)
+        run = _Background(cfg)
+        _wait_for_round(out, 1, run)
+        dep.crash_superlink()
+        done = json.loads((out / "state.json").read_text())
+        dep.start_superlink()  # as its supervisor would: same port, certificates, --database
+        assert {n["node-id"] for n in dep.supernodes()} == ids  # registrations kept
+        # its ServerApp died with it: the SuperLink marks the run failed once the ServerApp's
+        # heartbeats stop, and the coordinator's `federate` reports that
+        run.join(900)
+        assert isinstance(run.error, RunFailed), run.error
+        assert 1 <= done["last-round"] < 3
+        dep.wait_online(3)
+        outcome = run_fed_toml(load_fed_toml(cfg), timeout=900)
+        assert outcome.status == "finished:completed"
+        assert f"resuming after round {done['last-round']}" in outcome.log
+        state = json.loads((out / "state.json").read_text())
+        assert state["last-round"] == 3
+        assert [r["round"] for r in state["rows"]] == [1, 2, 3]
+        assert state["rows"][: done["last-round"]] == done["rows"]  # kept, not rerun
+        assert [int(x) for x in dep.activations("aurora")][-1] == aurora
+        assert (out / "final" / "model.safetensors").is_file()
+    assert all(p.poll() is not None for p in dep.procs)

@@ -31,6 +31,10 @@ from shared.errors import InputError, ToolkitError
 
 COMPLETED = "finished:completed"
 SERVERAPP_PREFIX = "ServerApp failed with exception:"  # flwr 1.42's status details
+# How long the SuperLink may stay unreachable during a run before the coordinator gives up on
+# it: a restart (systemd waits 10 s, see deploy/systemd) fits well within it; after a restart
+# the SuperLink itself marks the run failed once its ServerApp stops sending heartbeats.
+LINK_LOST_SECONDS = 180.0
 
 
 class RunFailed(ToolkitError):
@@ -177,20 +181,26 @@ def simulation_superlink(flwr_home: Path, log_file: Path) -> Iterator[str]:
         log.close()
 
 
-def run_status(flwr_home: Path, connection: str, run_id: int) -> dict[str, Any]:
-    res = subprocess.run(
-        [flwr_bin("flwr"), "ls", connection, "--format", "json", "--run-id", str(run_id)],
-        env=flwr_env(flwr_home),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run_status(flwr_home: Path, connection: str, run_id: int) -> dict[str, Any] | None:
+    """The run's row in ``flwr ls``; None while the SuperLink does not answer."""
+    try:
+        res = subprocess.run(
+            [flwr_bin("flwr"), "ls", connection, "--format", "json", "--run-id", str(run_id)],
+            env=flwr_env(flwr_home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return None
     try:
         data = json.loads(res.stdout)
     except ValueError:
         raise RunFailed(
             f"`flwr ls` gave no JSON: {res.stdout[-500:]} {res.stderr[-500:]}"
         ) from None
+    if data.get("success") is False:  # e.g. "Connection to the SuperLink is unavailable"
+        return None
     runs = data.get("runs", [])
     return runs[0] if runs else {}
 
@@ -249,10 +259,20 @@ def flwr_run(
     try:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
+        answered = time.monotonic()
         while time.monotonic() < deadline:
-            status = run_status(flwr_home, connection, run_id)
-            if str(status.get("status", "")).startswith("finished"):
-                break
+            polled = run_status(flwr_home, connection, run_id)
+            if polled is None:
+                if time.monotonic() - answered > LINK_LOST_SECONDS:
+                    raise RunFailed(
+                        f"run {run_id}: the SuperLink has not answered for {LINK_LOST_SECONDS:g} s",
+                        hint="checkpoints up to the last completed round are kept; once the "
+                        "SuperLink is back, rerun to resume",
+                    )
+            else:
+                status, answered = polled, time.monotonic()
+                if str(status.get("status", "")).startswith("finished"):
+                    break
             time.sleep(2.0)
         else:
             subprocess.run(

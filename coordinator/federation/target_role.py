@@ -70,13 +70,14 @@ def _parse_split(value: Any) -> tuple[dict[str, float], int]:
 def _data(node: NodeIdentity, config: dict[str, Any], sequences: list[str]):
     from coordinator.study.splits import stratified_split
     from shared.case_format import list_cases
-    from shared.classifier.data import load_case_tensors
     from shared.classifier.pretrain import select_channels
+    from shared.federation.case_cache import cached_case_tensors
 
     folders = list_cases(node.workspace / EXTERNAL)
     if not folders:
         raise InputError(f"no external cases in {node.workspace / EXTERNAL}")
-    data = select_channels(load_case_tensors(folders), sequences)
+    # decoded once, then read from WORKSPACE/work/federation while the store is unchanged
+    data = select_channels(cached_case_tensors(node.workspace, "external", folders), sequences)
     fractions, split_seed = _parse_split(config.get(K_SPLIT))
     split = stratified_split(data.y.astype(int).tolist(), fractions, split_seed)
     return data, split, split_seed

@@ -7,11 +7,15 @@ checked against the node's own policy (``WORKSPACE/federation/policy.toml``) bef
 read, and every reply and every refusal is appended to the node's audit log; a node that cannot
 write its audit log answers nothing but an error.
 
-Flower starts this module anew for each message: imports stay light until a handler runs
-(torch and MONAI are imported only for train and evaluate requests, before the node's compute
-clock starts). Every reply's ``metrics`` record carries ``compute-seconds``: the node's own
-work on the request (reading its cases, training or evaluating), so the coordinator
-can tell the federation's overhead from local compute.
+On a deployed node Flower starts a fresh process for each message (in simulation it reuses
+them): imports stay light until a handler runs, and a message imports only what it uses
+(torch for train and evaluate requests, before the node's compute clock starts; never MONAI
+for the small CNN; nothing heavy for describe). Every reply's ``metrics`` record carries
+``compute-seconds``, the node's own work on the request (reading its cases, training or
+evaluating), and ``startup-seconds``, what the message cost before that work began (the
+process's start, imports, policy and audit set-up; for a process that served a message before,
+from this message's arrival), so the coordinator can tell the federation's overhead from local
+compute and from start-up.
 """
 
 from __future__ import annotations
@@ -51,12 +55,41 @@ CODE_NO_AUDIT = 4031
 
 KNOWN_TYPES = (MSG_TRAIN, MSG_EVALUATE, MSG_DESCRIBE)
 COMPUTE_SECONDS = "compute-seconds"
+STARTUP_SECONDS = "startup-seconds"
 
-# Test-only fault hook, off unless the SuperNode's own environment names a marker file: a train
-# request then writes the file and stalls, so a fault test can kill the node while a round is
-# in flight (tests/test_federation_deploy.py). Nothing a server sends can switch it on.
+# Test-only fault hook, off unless the SuperNode's own environment names a marker file: the
+# first request of the kind named by TEST_STALL_KIND_ENV (default train) then writes the file
+# and waits until the test deletes it (at most TEST_STALL_SECONDS), so a fault test can kill or
+# restart a process while a round is in flight (tests/test_federation_deploy.py). Nothing a
+# server sends can switch it on.
 TEST_STALL_ENV = "PROSTATE_FL_TEST_STALL_TRAIN"
+TEST_STALL_KIND_ENV = "PROSTATE_FL_TEST_STALL_KIND"
 TEST_STALL_SECONDS = 120.0
+
+
+class _Clock:
+    """When the message being handled arrived, and whether this process served one before."""
+
+    served = False
+    arrived = 0.0
+
+    @classmethod
+    def startup(cls) -> float | None:
+        """Seconds from the process's start (first message) or the message's arrival (a reused
+        process) until now; None where the process start time cannot be read."""
+        if cls.served:
+            return time.monotonic() - cls.arrived
+        return _process_age()
+
+
+def _process_age() -> float | None:
+    """This process's age in seconds (Linux: its start time in /proc against the boot clock)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 class PolicyClientApp(ClientApp):
@@ -64,9 +97,13 @@ class PolicyClientApp(ClientApp):
     refusal (Flower's own answer would be an unaudited error)."""
 
     def __call__(self, message: Message, context: Context) -> Message:
-        if message.metadata.message_type not in KNOWN_TYPES:
-            return handle("unexpected", message, context)
-        return super().__call__(message, context)
+        _Clock.arrived = time.monotonic()
+        try:
+            if message.metadata.message_type not in KNOWN_TYPES:
+                return handle("unexpected", message, context)
+            return super().__call__(message, context)
+        finally:
+            _Clock.served = True
 
 
 app = PolicyClientApp()
@@ -96,22 +133,33 @@ def _jsonable(obj: Any) -> Any:
 
 def _test_stall(kind: str) -> None:
     marker = os.environ.get(TEST_STALL_ENV, "")
-    if kind == MSG_TRAIN and marker:
-        Path(marker).write_text(f"{os.getpid()}\n")
-        time.sleep(TEST_STALL_SECONDS)
+    if not marker or kind != os.environ.get(TEST_STALL_KIND_ENV, MSG_TRAIN):
+        return
+    path, released = Path(marker), Path(marker + ".released")
+    if released.exists():  # held once already: later requests run normally
+        return
+    path.write_text(f"{os.getpid()}\n")
+    deadline = time.monotonic() + TEST_STALL_SECONDS
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    released.touch()
 
 
 def _timed(role, kind: str, msg: Message, context: Context, node) -> tuple[Any, dict[str, Any]]:
-    """Run the role's handler; add its duration to the reply's metrics as compute-seconds."""
+    """Run the role's handler; add its duration to the reply's metrics as compute-seconds, and
+    what the message cost before it as startup-seconds."""
     if kind in (MSG_TRAIN, MSG_EVALUATE):
         from shared.federation.local import preload
 
         preload()
+    startup = _Clock.startup()
     t0 = time.perf_counter()
     content, details = role.handle(kind, msg, context, node)
     metrics = content.metric_records.get(METRICS)
     if metrics is not None:
         metrics[COMPUTE_SECONDS] = round(time.perf_counter() - t0, 4)
+        if startup is not None:
+            metrics[STARTUP_SECONDS] = round(startup, 4)
     return content, details
 
 

@@ -37,9 +37,9 @@ class LocalResult:
 
 
 def preload() -> None:
-    """Import what every train or evaluate request needs (torch, and MONAI for the classifier
-    networks): a fresh ClientApp process pays this once, and it is start-up, not compute."""
-    import monai.networks.nets  # noqa: F401
+    """Import what every train or evaluate request needs (torch): a fresh ClientApp process
+    pays this once, and it is start-up, not compute. MONAI is left out: the small CNN is plain
+    torch, and ``efficientnet-b0`` imports it when it is built."""
     import torch  # noqa: F401
 
 
@@ -95,10 +95,10 @@ def train_local(
 def evaluate_local(
     global_state: dict[str, Any], data: CaseTensors, network: str
 ) -> dict[str, float]:
-    """AUC, AP and BCE loss of the global model on ``data``."""
-    from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
-
+    """AUC, AP and BCE loss of the global model on ``data`` (scikit-learn's formulas, without
+    its import: every evaluate message is a fresh process)."""
     from shared.classifier.networks import build_classifier
+    from shared.federation.metrics import average_precision, log_loss, roc_auc
 
     model = build_classifier(network, int(data.x.shape[1]), tuple(data.x.shape[2:]))
     model.load_state_dict(global_state)
@@ -106,9 +106,9 @@ def evaluate_local(
     y = data.y.astype(int)
     both = len(set(y.tolist())) == 2
     return {
-        "auc": float(roc_auc_score(y, s)) if both else float("nan"),
-        "ap": float(average_precision_score(y, s)) if both else float("nan"),
-        "loss": float(log_loss(y, np.clip(s, 1e-6, 1 - 1e-6), labels=[0, 1])),
+        "auc": roc_auc(y, s) if both else float("nan"),
+        "ap": average_precision(y, s) if both else float("nan"),
+        "loss": log_loss(y, np.clip(s, 1e-6, 1 - 1e-6)),
     }
 
 

@@ -95,14 +95,16 @@ def _head_record(workspace: Path):
 
 
 def _load(node: NodeIdentity, data: str, sequences: list[str]):
+    """The store's case tensors, decoded once and then read from ``WORKSPACE/work/federation``
+    while the store's content is unchanged (every message is a fresh process)."""
     from shared.case_format import list_cases
-    from shared.classifier.data import load_case_tensors
     from shared.classifier.pretrain import select_channels
+    from shared.federation.case_cache import cached_case_tensors
 
     folders = list_cases(node.workspace / CASE_STORES[data])
     if not folders:
         raise InputError(f"no {data} cases in this site's workspace")
-    return select_channels(load_case_tensors(folders), sequences)
+    return select_channels(cached_case_tensors(node.workspace, data, folders), sequences)
 
 
 def handle(kind: str, msg, context, node: NodeIdentity):
