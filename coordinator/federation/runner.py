@@ -240,7 +240,7 @@ def flwr_run(
     if federation_config:
         cmd += ["--federation-config", federation_config]
     t0 = time.monotonic()
-    res = subprocess.run(cmd, env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, env=flwr_env(flwr_home), capture_output=True, text=True, timeout=300)
     try:
         run_id = int(json.loads(res.stdout)["run-id"])
     except (ValueError, KeyError, TypeError):
