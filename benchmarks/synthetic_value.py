@@ -182,6 +182,61 @@ def settings_for(size: Size) -> list[Setting]:
     return out
 
 
+# Levers combined by ``combined_setting``; the two generator levers are one choice (a model
+# trained longer and a changed model are alternatives, each a trained network of its own).
+COMBINED_CHOICES = (
+    ("count",),
+    ("positives",),
+    ("guidance",),
+    ("diffusion", "generator"),
+    ("pooling",),
+)
+
+
+def combined_setting(size: Size, results: dict[str, Any]) -> tuple[Setting | None, dict[str, Any]]:
+    """Each lever's best value on the external validation split, combined into one setting.
+
+    A lever keeps the baseline where no measured value beats the baseline's mean validation
+    AUC. A setting whose memorisation screen flagged cases is not eligible: the export gate
+    would refuse its cases. Returns (None, why) when the combination is the baseline or one
+    measured setting."""
+    from benchmarks.synthetic_value_report import exportable
+
+    settings = {s.name: s for s in settings_for(size)}
+    base_val = (results.get("baseline") or {}).get("synthetic_val_auc_mean")
+    if base_val is None:
+        return None, {"why": "the baseline is not measured yet"}
+    chosen: dict[str, str] = {}
+    for levers in COMBINED_CHOICES:
+        best, best_val = None, base_val
+        for name, rec in results.items():
+            v = rec.get("synthetic_val_auc_mean")
+            lever = settings[name].lever if name in settings else None
+            if lever in levers and v is not None and v > best_val and exportable(rec):
+                best, best_val = name, v
+        if best:
+            chosen["/".join(levers)] = best
+    record = {"chosen": chosen, "baseline_val_auc": base_val}
+    if len(chosen) < 2:
+        record["why"] = (
+            "no lever beats the baseline on validation"
+            if not chosen
+            else f"only {next(iter(chosen.values()))} beats the baseline on validation"
+        )
+        return None, record
+    picks = [settings[n] for n in chosen.values()]
+    generators = next((p.generators for p in picks if p.lever in ("diffusion", "generator")), None)
+    first = generators[0] if generators else Generator(SOURCE, size.diffusion_steps)
+    gens: tuple[Generator, ...] = (first,)
+    if any(p.lever == "pooling" for p in picks):
+        gens = (first, Generator(SECOND, size.diffusion_steps))
+    mult = next((p.multiplier for p in picks if p.lever == "count"), 1)
+    pos = next((p.positive_fraction for p in picks if p.lever == "positives"), None)
+    guid = next((p.guidance for p in picks if p.lever == "guidance"), None)
+    value = "+".join(p.value for p in picks)
+    return Setting("combined", "combined", value, gens, mult, pos, guid), record
+
+
 def baseline_values(size: Size) -> dict[str, str]:
     """What the baseline is on each lever's axis."""
     from shared.profiles import get_profile
@@ -618,12 +673,13 @@ def sweep(
     t0 = time.perf_counter()
     settings = settings_for(size)
     names = [s.name for s in settings]
-    unknown = sorted(set(only or ()) - set(names))
+    unknown = sorted(set(only or ()) - {*names, "combined"})
     if unknown:
         raise InputError(f"unknown setting(s) {unknown}", hint=f"choose from {names}")
     if not report_only:
         build_consortium(b)
     results: dict[str, Any] = {}
+    combined_record: dict[str, Any] = {}
 
     def record() -> dict[str, Any]:
         stages = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("stages/*.json"))}
@@ -638,20 +694,27 @@ def sweep(
             "this_run_seconds": round(time.perf_counter() - t0, 1),
             "stage_seconds": {k: v.get("seconds") for k, v in stages.items()},
             "complete": all(n in results for n in names),
+            "combined": combined_record,
             "baseline_values": baseline_values(size),
         }
 
     for s in settings:
-        if only and s.name not in only:
-            continue
         done = work / "settings" / s.name / "result.json"
-        if report_only:
+        # A setting left out by --only still shows in the report when it was measured before.
+        if report_only or (only and s.name not in only):
             if done.is_file():
                 results[s.name] = json.loads(done.read_text())
             continue
         results[s.name] = run_setting(b, s)
         if on_setting:
             on_setting(record())
+    combined, why = combined_setting(size, results)
+    combo_done = work / "settings" / "combined" / "result.json"
+    if combined is not None and (not only or "combined" in only) and not report_only:
+        results["combined"] = run_setting(b, combined)
+    elif combo_done.is_file():
+        results["combined"] = json.loads(combo_done.read_text())
+    combined_record.update(why)
     if report_only and not results:
         b.say(f"no finished setting in {work}: run without --report-only to measure them")
     return record()

@@ -19,7 +19,7 @@ COLORS = {
     "real-source": "tab:green",
     "none": "tab:gray",
 }
-LEVER_ORDER = ("count", "positives", "diffusion", "guidance", "pooling", "generator")
+LEVER_ORDER = ("count", "positives", "diffusion", "guidance", "pooling", "generator", "combined")
 PHANTOM_NOTE = "Phantom data: these figures check the machinery, not clinical truth."
 
 
@@ -83,12 +83,20 @@ def _memorised(memo: dict[str, Any]) -> str:
     return f"{sum(p['flagged'] for p in parts)} / {sum(p['screened'] for p in parts)}"
 
 
+def exportable(rec: dict[str, Any]) -> bool:
+    """A setting whose memorisation screen flagged no case: the only kind a site could export
+    (the export gate refuses a bundle with flagged cases)."""
+    memo = rec.get("memorisation", {})
+    return not any(isinstance(v, dict) and v.get("flagged") for v in memo.values())
+
+
 def best_on_validation(settings: dict[str, Any]) -> str | None:
-    """The setting whose synthetic condition has the highest mean external-validation AUC."""
+    """The exportable setting whose synthetic condition has the highest mean
+    external-validation AUC."""
     scored = [
         (rec["synthetic_val_auc_mean"], name)
         for name, rec in settings.items()
-        if rec.get("synthetic_val_auc_mean") is not None
+        if rec.get("synthetic_val_auc_mean") is not None and exportable(rec)
     ]
     return max(scored)[1] if scored else None
 
@@ -156,6 +164,18 @@ def render_markdown(rec: dict[str, Any]) -> str:
             f"condition {rec['settings'][best]['synthetic_val_auc_mean']:.3f}); on the test "
             f"split the goal is **{'met' if g['met'] else 'not met'}**.",
         ]
+    combo = rec.get("combined") or {}
+    if combo.get("chosen"):
+        picked = ", ".join(f"{lv}: `{n}`" for lv, n in combo["chosen"].items())
+        lines += [
+            "",
+            f"**Combined setting**: each lever's exportable value (no case flagged by the "
+            f"memorisation screen) that beat the baseline's mean validation AUC "
+            f"({combo['baseline_val_auc']:.3f}) on validation, combined ({picked})"
+            + (f"; not run: {combo['why']}." if combo.get("why") else "."),
+        ]
+    elif combo.get("why"):
+        lines += ["", f"**Combined setting**: not run ({combo['why']})."]
     if rec.get("variants"):
         lines += ["", "Generator changes tried:", ""]
         lines += [f"- `{k}`: {v['why']} ({v['overrides']})" for k, v in rec["variants"].items()]

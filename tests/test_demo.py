@@ -192,11 +192,16 @@ def test_written_configs_load_with_the_real_parsers(tmp_path: Path) -> None:
     imp = coord / "imports" / "aurora"
     fed_toml = coord / "fed.toml"
     cfg = load_study_config(
-        write_study_toml(QUICK, coord, "aurora", imp / "r", imp / "c", imp / "s", fed_toml)
+        write_study_toml(
+            QUICK, coord, "aurora", imp / "r", imp / "c", [imp / "s", coord / "b" / "s"], fed_toml
+        )
     )
     assert tuple(c.name for c in cfg.conditions) == CONDITIONS
     by = {c.name: c for c in cfg.conditions}
     assert by["synthetic-t2w"].sequences == ("t2w",)
+    # the synthetic conditions pool every site's cases (issue 12's best setting)
+    pooled = ((imp / "s").resolve(), (coord / "b" / "s").resolve())
+    assert tuple(by["synthetic-bpmri"].cases) == pooled == tuple(by["synthetic-t2w"].cases)
     assert by["real-source"].weights == (imp / "r").resolve()
     assert cfg.fractions == QUICK.study_fractions
     assert by["federated-synthetic"].kind == "federated"

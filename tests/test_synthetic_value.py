@@ -97,7 +97,8 @@ def test_sweep_runs_end_to_end_and_resumes(tmp_path: Path):
              "baseline", "pooled-2-sites"])  # fmt: skip
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())
     rec = json.loads((out / "synthetic_value.json").read_text())
-    assert set(rec["settings"]) == {"baseline", "pooled-2-sites"}
+    # the report keeps count-x2, measured before and left out of --only
+    assert set(rec["settings"]) == {"baseline", "count-x2", "pooled-2-sites"}
     pooled = rec["settings"]["pooled-2-sites"]["generation"]
     assert set(pooled) == {"aurora", "borealis"}
     # only the new setting's synthetic cells were added (2 fractions x 2 seeds)
@@ -108,3 +109,37 @@ def test_sweep_runs_end_to_end_and_resumes(tmp_path: Path):
     rec = json.loads((out / "synthetic_value.json").read_text())
     assert set(rec["settings"]) == {"baseline", "count-x2", "pooled-2-sites"}
     assert not rec["complete"]
+
+
+def _measured(val: float, flagged: int = 0) -> dict:
+    return {"synthetic_val_auc_mean": val, "memorisation": {"aurora": {"flagged": flagged}}}
+
+
+def test_combined_setting_takes_each_levers_best_exportable_value_on_validation():
+    size = sv.SIZES["full"]
+    results = {
+        "baseline": _measured(0.60),
+        "count-x4": _measured(0.62),
+        "count-x16": _measured(0.65),
+        "diffusion-3000": _measured(0.90, flagged=30),  # memorised: never eligible
+        "generator-flip-augment": _measured(0.61),
+        "guidance-1": _measured(0.55),  # below the baseline: guidance keeps the default
+        "pooled-2-sites": _measured(0.63),
+    }
+    combo, why = sv.combined_setting(size, results)
+    assert combo is not None and combo.name == "combined"
+    assert why["chosen"] == {
+        "count": "count-x16",
+        "diffusion/generator": "generator-flip-augment",
+        "pooling": "pooled-2-sites",
+    }
+    assert combo.multiplier == 16 and combo.guidance is None and combo.positive_fraction is None
+    assert [g.name for g in combo.generators] == [
+        f"{sv.SOURCE}-d{size.diffusion_steps}-flip-augment",
+        f"{sv.SECOND}-d{size.diffusion_steps}-base",
+    ]
+    # one lever beating the baseline is that lever's own setting, not a combination
+    alone, why = sv.combined_setting(size, {"baseline": _measured(0.6), "count-x4": _measured(0.7)})
+    assert alone is None and "only count-x4" in why["why"]
+    none, why = sv.combined_setting(size, {"count-x4": _measured(0.7)})
+    assert none is None and "baseline" in why["why"]

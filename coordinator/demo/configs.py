@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from coordinator.demo.plan import DemoPlan
@@ -69,11 +70,14 @@ def write_study_toml(
     source: str,
     real_weights: Path,
     reconstructed_weights: Path,
-    synthetic_cases: Path,
+    synthetic_cases: Sequence[Path],
     federation: Path,
 ) -> Path:
     """The paper's conditions from one source site (``source``), plus the model that the
-    federation in ``federation`` (fed.toml) pretrained over every site's synthetic cases."""
+    federation in ``federation`` (fed.toml) pretrained over every site's synthetic cases.
+    The synthetic conditions pool ``synthetic_cases`` (every site's imported cases): pooling
+    two sites beat one on validation in ``benchmarks/synthetic_value.py`` (issue 12)."""
+    syn = ", ".join(_rel(p, coord) for p in synthetic_cases)
     text = f"""# Written by `coordinator demo` ({plan.name}). Phantom data: checks the machinery,
 # not clinical truth. Source site for the single-site conditions: {source}.
 [study]
@@ -104,11 +108,11 @@ weights = {_rel(reconstructed_weights, coord)}
 
 [conditions.synthetic-bpmri]
 kind = "pretrain"
-cases = [{_rel(synthetic_cases, coord)}]
+cases = [{syn}]
 
 [conditions.synthetic-t2w]
 kind = "pretrain"
-cases = [{_rel(synthetic_cases, coord)}]
+cases = [{syn}]
 sequences = ["t2w"]
 
 [conditions.federated-synthetic]

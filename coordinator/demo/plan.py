@@ -99,7 +99,8 @@ FULL = DemoPlan(
     profile="cpu",
     sites=_sites(48),
     external_cases=160,
-    synthetic_cases=48,
+    # 4x each site's studies, pooled over the sites: issue 12's setting chosen on validation
+    synthetic_cases=192,
     autoencoder_steps=500,
     diffusion_steps=600,
     site_pretrain_steps=300,
@@ -118,9 +119,9 @@ FULL = DemoPlan(
         "phantom-external": 200,
         "keys": 2,
         "train": 330,
-        "generate": 90,  # estimated (not yet measured on the cpu profile)
+        "generate": 180,  # estimated: 4x the cases, one network pass per step (guidance 1)
         "fidelity": 20,
-        "export-synthetic": 60,
+        "export-synthetic": 240,  # estimated: 4x the cases screened and written
         "pretrain": 60,
         "export-weights": 5,
         "audit": 2,

@@ -279,7 +279,7 @@ class Demo:
             src,
             Path(imports[f"export-weights-real-{src}"]) / "weights" / "classifier",
             Path(imports[f"export-weights-reconstructed-{src}"]) / "weights" / "classifier",
-            Path(imports[f"export-synthetic-{src}"]) / "cases",
+            [Path(imports[f"export-synthetic-{s.name}"]) / "cases" for s in self.plan.sites],
             Path(self.state.output("federate")["config"]),  # its pretrained/ model
         )
         out = self.coord / "study"

@@ -258,7 +258,10 @@ def export_synthetic_cmd(
         str, typer.Option("--source", help="generate (new samples, default) or store.")
     ] = "generate",
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    positive_fraction: Annotated[float, typer.Option("--positive-fraction", min=0, max=1)] = 0.4,
+    positive_fraction: Annotated[
+        float,
+        typer.Option("--positive-fraction", min=0, max=1, help="Fraction conditioned on csPCa."),
+    ] = 0.5,
     max_rounds: Annotated[
         int, typer.Option("--max-rounds", min=0, help="Replacement rounds for flagged cases.")
     ] = 3,
