@@ -138,8 +138,8 @@ def test_sampling_cost_figures_against_ddpm_1000() -> None:
         0.5483,
         14.143,
         25.8,
-        "≥ 25×",
-        True,
+        "≥ 50×",
+        False,
     )
     assert e2e.peer == "DDPM-1000, same network"
     assert (denoise.ratio, denoise.met) == (32.9, None)
@@ -153,6 +153,14 @@ def test_sampling_speed_figures_speedup_and_kid_per_sequence() -> None:
     assert (adc.value, adc.peer_value, adc.ratio, adc.met) == (5.0, 7.8, None, False)
     assert "15.5" in adc.target
     assert _by_name(figs, "KID t2w").met is True
+    assert not any(f.name.startswith("label-fidelity") for f in figs)  # older records lack it
+    rec = json.loads(json.dumps(SAMPLING_SPEED))
+    for row, auc, ci in zip(rec["rows"], (0.7, 0.9), ((0.5, 0.9), (0.75, 1.0)), strict=True):
+        row["label_fidelity"] = {"auc": auc, "ci": list(ci)}
+        row["label_fidelity_within_ddpm1000_interval"] = auc >= 0.75
+    lf = _by_name(extract("sampling_speed", rec), "label-fidelity")
+    assert (lf.value, lf.peer_value, lf.met) == (0.7, 0.9, False)
+    assert "0.75" in lf.target
 
 
 def test_calibration_figures_against_the_target_band() -> None:
@@ -211,7 +219,7 @@ def test_table_and_markdown_list_skips_and_failures_with_their_reason() -> None:
     ]
     rows = runner.table_rows(outcomes)
     assert all(len(r) == len(runner.COLUMNS) for r in rows)
-    assert rows[0][2:] == ["0.548 s", "DDPM-1000, same network", "14.1 s", "25.8×", "≥ 25×", "yes"]
+    assert rows[0][2:] == ["0.548 s", "DDPM-1000, same network", "14.1 s", "25.8×", "≥ 50×", "no"]
     report = {
         "mode": "quick",
         "date": "2026-11-26T00:00:00+00:00",

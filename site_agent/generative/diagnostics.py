@@ -308,6 +308,28 @@ def _precision_recall_block(
 # --- the diagnostics ----------------------------------------------------------------------
 
 
+def label_fidelity_scores(
+    workspace: Path,
+    synthetic: Sequence[Path],
+    *,
+    seed: int = 0,
+    classifier_steps: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels the synthetic cases were generated for, the real-trained classifier's scores):
+    the raw material of label fidelity, for a caller that wants its own interval. The
+    classifier is the cached one ``synthetic_diagnostics`` uses for the same seed and steps."""
+    from shared.classifier.data import load_case_tensors
+    from shared.classifier.training import predict
+
+    split = split_real(Path(workspace))
+    train = load_case_tensors(split.train)
+    if not _both_classes(train):
+        raise InputError("the real training cases hold one class only: no classifier to judge")
+    cfg = classifier_config(read_meta(split.train[0]).profile, classifier_steps, seed)
+    syn = load_case_tensors(list(synthetic))
+    return syn.y, predict(_real_classifier(Path(workspace), train, cfg), syn.x)
+
+
 def synthetic_diagnostics(
     workspace: Path,
     synthetic: Sequence[Path],

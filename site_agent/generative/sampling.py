@@ -1,5 +1,6 @@
-"""Sampling: latents with classifier-free guidance (rectified-flow Euler, DDPM ancestral or
-DDIM), decoding per sequence, and writing synthetic cases in the common case format."""
+"""Sampling: latents with classifier-free guidance (rectified flow with Euler or Heun steps,
+DDPM ancestral or DDIM), decoding per sequence, and writing synthetic cases in the common case
+format."""
 
 from __future__ import annotations
 
@@ -19,19 +20,20 @@ from site_agent.generative.autoencoder import decode_latents
 from site_agent.generative.diffusion import NULL_CLASS, NUM_TRAIN_TIMESTEPS, ddpm_scheduler
 from site_agent.generative.trainloop import autocast
 
-SAMPLERS = {"rflow": "rflow", "ddpm": "ddpm", "ddim": "ddpm"}  # sampler -> objective it needs
+# sampler -> objective it needs
+SAMPLERS = {"rflow": "rflow", "rflow-heun": "rflow", "ddpm": "ddpm", "ddim": "ddpm"}
 CLIP = {"t2w": (0.0, 3.0), "hbv": (0.0, 3.0), "adc": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    sampler: str  # "rflow", "ddpm" or "ddim"
-    steps: int
+    sampler: str  # "rflow", "rflow-heun", "ddpm" or "ddim"
+    steps: int  # solver steps (Heun: two network passes per step except the last)
     guidance: float  # 1.0 = conditional only, no guidance; > 1 stronger label
 
     def check(self, objective: str) -> None:
         if self.sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {self.sampler!r}", hint="rflow, ddpm or ddim")
+            raise InputError(f"unknown sampler {self.sampler!r}", hint=", ".join(SAMPLERS))
         if SAMPLERS[self.sampler] != objective:
             fits = [k for k, v in SAMPLERS.items() if v == objective]
             raise InputError(
@@ -40,6 +42,11 @@ class SamplerSettings:
             )
         if not 1 <= self.steps <= NUM_TRAIN_TIMESTEPS:
             raise InputError(f"steps must be 1..{NUM_TRAIN_TIMESTEPS}, not {self.steps}")
+
+    @property
+    def network_passes(self) -> int:
+        """Network evaluations per case (a guided evaluation counts once; it is one batch)."""
+        return 2 * self.steps - 1 if self.sampler == "rflow-heun" else self.steps
 
 
 def _guided(model, x, t, labels, spacing, guidance: float) -> torch.Tensor:
@@ -73,18 +80,26 @@ def sample_latents(
 ) -> torch.Tensor:
     """Scaled latents (B, *shape) for ``labels`` (B,) and ``spacing`` (B, 3) mm.
 
-    Rectified flow integrates dx/dt with Euler steps on t = T, T(1 - 1/n), ..., 0 (the grid of
+    Rectified flow integrates dx/dt on t = T, T(1 - 1/n), ..., 0 (the grid of
     ``RFlowScheduler.set_timesteps``, kept in float32: its float16 rounding and int cast of the
-    next timestep would shorten steps).
+    next timestep would shorten steps), with Euler steps (``rflow``) or Heun's second-order
+    steps (``rflow-heun``: the trapezoid of the velocity at both ends of a step, Euler on the
+    last step as in Karras et al. 2022, so n steps cost 2n - 1 network passes). The guided
+    velocity is what is integrated, so guidance enters both of Heun's evaluations.
     """
     model.eval()
     b = labels.shape[0]
     x = torch.randn((b, *shape), generator=generator, device=generator.device)
-    if settings.sampler == "rflow":
+    if settings.sampler in ("rflow", "rflow-heun"):
+        heun = settings.sampler == "rflow-heun"
         ts = torch.linspace(float(NUM_TRAIN_TIMESTEPS), 0.0, settings.steps + 1)
         for i in range(settings.steps):
+            dt = float(ts[i] - ts[i + 1]) / NUM_TRAIN_TIMESTEPS
             v = _guided(model, x, ts[i], labels, spacing, settings.guidance)
-            x = x + v * float(ts[i] - ts[i + 1]) / NUM_TRAIN_TIMESTEPS
+            if heun and i < settings.steps - 1:
+                v_end = _guided(model, x + v * dt, ts[i + 1], labels, spacing, settings.guidance)
+                v = 0.5 * (v + v_end)
+            x = x + v * dt
             if on_step:
                 on_step(i + 1)
         return x
