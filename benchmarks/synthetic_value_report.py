@@ -225,7 +225,12 @@ def plot(rec: dict[str, Any], path: Path) -> None:
                 sd = np.nan_to_num(np.array([r["auc_sd"] if r else np.nan for r in rows]))
                 ax.plot(x, m, marker="o", color=COLORS[cond], label=cond, lw=1.5)
                 ax.fill_between(x, m - sd, m + sd, color=COLORS[cond], alpha=0.12)
-            ax.set_xticks(x, [v for v, _ in members], fontsize=8)
+            # Flagged settings could never be exported: say so where the eye lands.
+            ticks = [
+                v.replace("+", "+\n") + ("" if exportable(s) else "\n(memorised)")
+                for v, s in members
+            ]
+            ax.set_xticks(x, ticks, fontsize=8)
             ax.set_title(f"{lever} — fraction {_frac(f)}", fontsize=9)
             ax.grid(alpha=0.3)
             if j == 0:
