@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from shared.dicom.bounded_header import read_bounded
 from shared.dicom.bvalue import b_value
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -55,6 +56,12 @@ class FrameHeader:
     accession: str
     patient_id: str
     study_date: str
+    # Native pixels, located at scan time so the volume reader loads them without parsing the
+    # header again: byte offset of the frame, its numpy dtype ("<u2"...), slope and intercept.
+    # None where pydicom must decode them (compressed, enhanced, PACS metadata).
+    pixel_offset: int | None = None
+    pixel_dtype: str | None = None
+    rescale: tuple[float, float] = (1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ def read_headers(path: str) -> list[FrameHeader] | Skipped:
 def _read_headers(path: str) -> list[FrameHeader] | Skipped:
     try:
         size = os.path.getsize(path)
-        ds = pydicom.dcmread(path, defer_size=512)
+        # The bounded read covers classic little-endian files; pydicom reads everything else.
+        ds = read_bounded(path) or pydicom.dcmread(path, defer_size=512)
     except InvalidDicomError:
         return Skipped(path, "not DICOM")
     except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
@@ -121,6 +129,30 @@ def frames_from_dataset(
             return _frames(path, ds, size, require_pixels)
         except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:
             return Skipped(path, f"malformed header ({type(exc).__name__}: {str(exc)[:80]})")
+
+
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _native_pixels(ds: Dataset, raw: object, ts: str) -> dict[str, object]:
+    """Where a single-frame file's native pixels are, if the volume reader can load them
+    directly (little-endian, one sample, whole bytes, the value exactly one frame long)."""
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+    if ts not in NATIVE_LITTLE_ENDIAN or bits not in (8, 16, 32) or tell is None:
+        return {}
+    if length != int(ds.Rows) * int(ds.Columns) * bits // 8:
+        return {}
+    kind = "i" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "u"
+    slope, inter = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    return {
+        "pixel_offset": int(tell),
+        "pixel_dtype": f"<{kind}{bits // 8}",
+        "rescale": (
+            float(slope) if slope not in (None, "") else 1.0,
+            float(inter) if inter not in (None, "") else 0.0,
+        ),
+    }
 
 
 def _frames(
@@ -194,6 +226,7 @@ def _frames(
                 b_source=src,  # type: ignore[arg-type]
                 temporal=int(temporal) if temporal not in (None, "") else None,
                 **common,
+                **_native_pixels(ds, raw, ts),
             )
         ]  # type: ignore[arg-type]
     shared = _first(ds, "SharedFunctionalGroupsSequence")

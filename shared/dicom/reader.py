@@ -1,7 +1,8 @@
 """Build a 3D ``Volume`` from the frames of one scanned volume (geometry: ``geometry``).
 
 Pixel values are rescaled (slope/intercept, per frame for enhanced files) to the scanner's real
-values.
+values. Native pixels the scan located (``FrameHeader.pixel_offset``) are read straight from
+the file, without parsing its header again; pydicom decodes everything else.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ def _rescale(ds: pydicom.Dataset, frame_index: int | None) -> tuple[float, float
     )
 
 
+def _read_native(f: FrameHeader) -> np.ndarray:
+    count = f.rows * f.cols
+    try:
+        arr = np.fromfile(f.path, dtype=f.pixel_dtype, count=count, offset=f.pixel_offset or 0)
+    except (OSError, ValueError) as exc:
+        raise DicomError(f"cannot read pixels of {f.path}: {exc}") from None
+    if arr.size != count:
+        raise DicomError(f"{f.path}: pixel data ends early ({arr.size} of {count} values)")
+    return arr.reshape(f.rows, f.cols)
+
+
 def load_volume(vol: VolumeInfo, dtype: type = np.float32) -> Volume:
     """Read the pixels of ``vol`` and return a ``Volume`` in real-world values."""
     frames, affine = frame_geometry(list(vol.frames))
@@ -47,7 +59,12 @@ def load_volume(vol: VolumeInfo, dtype: type = np.float32) -> Volume:
     out = np.empty((cols, rows, len(frames)), dtype=dtype)
     by_file: dict[str, list[tuple[int, FrameHeader]]] = defaultdict(list)
     for k, f in enumerate(frames):
-        by_file[f.path].append((k, f))
+        if f.pixel_offset is not None and f.pixel_dtype is not None:
+            arr = _read_native(f)
+            slope, inter = f.rescale
+            out[:, :, k] = (arr.astype(np.float64) * slope + inter).T
+        else:
+            by_file[f.path].append((k, f))
     for path, items in by_file.items():
         try:
             ds = pydicom.dcmread(path)

@@ -1,0 +1,321 @@
+"""Bounded header reads: the scan's tags of a classic DICOM file, read from its first bytes.
+
+pydicom parses every element of a header and builds Python objects for each; the scan uses
+about thirty values. This reader walks the element stream of a Part-10 file itself, from a
+small buffer that grows only while the header does, decodes only the wanted values, and stops
+at the pixel data, keeping its offset and length so the volume reader can load the pixels later
+without parsing the header again. No pixel data, no value validation, no re-read.
+
+The result, ``HeaderValues``, answers the handful of ``pydicom.Dataset`` calls the frame
+builder (``headers._frames``) and the b-value lookup make, so both stay one implementation.
+
+It covers the common case only: little-endian transfer syntaxes (implicit or explicit VR,
+native or encapsulated pixels), one frame per file. Anything else (big endian, deflate, an
+enhanced multi-frame file, a DICOMDIR, a stream it cannot follow) returns ``None`` and the
+caller falls back to pydicom, which also reports why a file is unusable.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.tag import Tag
+
+FIRST_READ = 8192  # most classic MR headers end within the first 4-6 KB
+UNDEFINED = 0xFFFFFFFF
+PIXEL_DATA = 0x7FE00010
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# Explicit VRs with a 2-byte reserved field and a 4-byte length.
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
+_LONG_VRS |= {b"UT", b"UV"}
+_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT"}
+_SHORT_VRS |= {b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+
+# Top-level tags the scan and the volume reader use (keywords resolved once).
+WANTED_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "Manufacturer",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "AccessionNumber",
+    "PatientID",
+    "StudyDate",
+    "ImageType",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "Rows",
+    "Columns",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "TemporalPositionIdentifier",
+    "DiffusionBValue",
+    "SequenceName",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
+WANTED = frozenset(int(Tag(k)) for k in WANTED_KEYWORDS)
+_KEYWORD = {int(Tag(k)): k for k in WANTED_KEYWORDS}
+_PUBLIC_VR = {int(Tag(k)): dictionary_VR(Tag(k)) for k in WANTED_KEYWORDS}
+SPECIFIC_CHARACTER_SET = 0x00080005
+# Private groups whose blocks may carry a b-value (Siemens 0019, GE 0043, Philips 2001):
+# every element of these groups is kept, creators included, so private blocks resolve.
+PRIVATE_GROUPS = frozenset({0x0019, 0x0043, 0x2001})
+# Their presence means the file is not the simple kind this reader covers.
+FALLBACK_TAGS = frozenset(
+    {
+        0x52009229,  # SharedFunctionalGroupsSequence
+        0x52009230,  # PerFrameFunctionalGroupsSequence
+        0x00041220,  # DirectoryRecordSequence
+    }
+)
+
+
+class _Unsupported(Exception):
+    """The stream is not one this reader follows; the caller uses pydicom instead."""
+
+
+@dataclass(frozen=True)
+class PixelLocation:
+    """Where a file's pixel data value starts and how long it is (as pydicom's deferred element
+    reports it: ``value_tell``, ``length``); ``UNDEFINED`` length for encapsulated pixels."""
+
+    value_tell: int
+    length: int
+
+
+class _Meta(dict[str, str]):
+    """The file meta values the frame builder reads (``file_meta.get(keyword)``)."""
+
+
+class HeaderValues:
+    """The decoded values of one header, answering the ``Dataset`` calls the scan makes."""
+
+    def __init__(
+        self,
+        values: dict[str, Any],
+        private: dict[int, bytes | Any],
+        meta: _Meta,
+        pixel: PixelLocation | None,
+    ) -> None:
+        self._values = values
+        self._private = private  # full tag -> decoded value (bytes where the VR is unknown)
+        self.file_meta = meta
+        self.pixel = pixel
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self._values.get(keyword, default)
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self._values
+
+    def __getattr__(self, keyword: str) -> Any:
+        try:
+            return self.__dict__["_values"][keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+    def get_item(self, tag: int, keep_deferred: bool = False) -> PixelLocation | None:
+        if tag != PIXEL_DATA:
+            raise KeyError(tag)
+        return self.pixel
+
+    def private_block(self, group: int, creator: str) -> _PrivateBlock:
+        for tag, value in self._private.items():
+            if tag >> 16 != group or not 0x10 <= tag & 0xFFFF <= 0xFF:
+                continue  # not a private creator element
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            if text.strip("\x00 ") == creator:
+                return _PrivateBlock(self._private, group << 16 | (tag & 0xFF) << 8)
+        raise KeyError(f"no private block {creator!r} in group {group:04X}")
+
+
+@dataclass(frozen=True)
+class _Value:
+    value: Any
+
+
+class _PrivateBlock:
+    def __init__(self, private: dict[int, Any], base: int) -> None:
+        self._private, self._base = private, base
+
+    def __getitem__(self, offset: int) -> _Value:
+        return _Value(self._private[self._base | offset])
+
+
+class _Reader:
+    """A file read in growing chunks: ``need(end)`` makes bytes up to ``end`` available."""
+
+    def __init__(self, path: str) -> None:
+        self.fh = open(path, "rb")  # noqa: SIM115 - closed by read_bounded
+        self.buf = self.fh.read(FIRST_READ)
+        self.eof = len(self.buf) < FIRST_READ
+
+    def need(self, end: int) -> None:
+        while len(self.buf) < end and not self.eof:
+            more = self.fh.read(max(end - len(self.buf), len(self.buf)))
+            self.eof = not more
+            self.buf += more
+        if len(self.buf) < end:
+            raise EOFError("header runs past the end of the file")
+
+
+def read_bounded(path: str) -> HeaderValues | None:
+    """The wanted values of ``path``'s header, or ``None`` when pydicom should read the file.
+
+    Raises ``OSError`` for a file that cannot be opened, as pydicom would.
+    """
+    r = _Reader(path)
+    try:
+        return _parse(r)
+    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError, EOFError):
+        return None  # pydicom reads it, and says what is wrong if anything is
+    finally:
+        r.fh.close()
+
+
+def _parse(r: _Reader) -> HeaderValues:
+    r.need(132)
+    if r.buf[128:132] != b"DICM":
+        raise _Unsupported
+    # File meta group: always explicit VR little endian.
+    raw_meta, pos, _ = _elements(r, 132, implicit=False, meta=True)
+    meta = _Meta()
+    for tag, (_, value) in raw_meta.items():
+        if tag in (0x00020002, 0x00020010):  # MediaStorageSOPClassUID, TransferSyntaxUID
+            meta[keyword_for_tag(tag)] = value.decode("ascii").rstrip("\x00 ")
+    ts = meta.get("TransferSyntaxUID", "")
+    if ts in (BIG_ENDIAN, DEFLATED) or not ts:
+        raise _Unsupported
+    implicit = ts == IMPLICIT_LE
+    raw, _, pixel = _elements(r, pos, implicit=implicit, meta=False)
+    encodings = ["iso8859"]
+    if SPECIFIC_CHARACTER_SET in raw:
+        charset = raw[SPECIFIC_CHARACTER_SET][1].decode("ascii").strip("\x00 ").split("\\")
+        encodings = convert_encodings(charset or None)
+    values: dict[str, Any] = {}
+    private: dict[int, Any] = {}
+    for tag, (vr, data) in raw.items():
+        if tag >> 16 in PRIVATE_GROUPS:
+            private[tag] = data if vr is None else _decode(vr, data, encodings)
+        elif tag in _KEYWORD:
+            known = _PUBLIC_VR[tag] if vr in (None, "UN") else vr  # as pydicom resolves UN
+            values[_KEYWORD[tag]] = _decode(known, data, encodings)
+    return HeaderValues(values, private, meta, pixel)
+
+
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "TM", "UI", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_CHARSET_VRS = {"LO", "LT", "PN", "SH", "ST", "UC", "UT"}
+_BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+
+
+def _decode(vr: str, data: bytes, encodings: list[str]) -> Any:
+    """A value as pydicom would give it for the VRs the scan reads (multi-valued as a list)."""
+    if vr in _BINARY:
+        code = _BINARY[vr]
+        n = len(data) // struct.calcsize(code)
+        vals = list(struct.unpack(f"<{n}{code}", data[: n * struct.calcsize(code)]))
+        return None if not vals else vals[0] if n == 1 else vals
+    if vr in ("DS", "IS"):
+        parts = [p.strip(" \x00") for p in data.decode("ascii").split("\\")]
+        cast = float if vr == "DS" else int
+        nums = [cast(float(p)) if vr == "IS" else cast(p) for p in parts if p]
+        return None if not nums else nums[0] if len(nums) == 1 else nums
+    if vr in _TEXT_VRS:
+        if vr in _CHARSET_VRS:
+            text = decode_bytes(data, encodings, set())
+        else:
+            text = data.decode("ascii", "replace")
+        text = text.rstrip("\x00 ") if vr != "UI" else text.rstrip("\x00")
+        if vr in ("LT", "ST", "UT"):
+            return text
+        parts = [t.strip() if vr != "UI" else t for t in text.split("\\")]
+        return parts[0] if len(parts) == 1 else parts
+    return data  # OB, UN and the like: raw bytes
+
+
+def _header(r: _Reader, pos: int, implicit: bool) -> tuple[int, str | None, int, int]:
+    """(tag, VR or None, value length, value offset) of the element at ``pos``."""
+    if pos + 12 > len(r.buf):
+        r.need(pos + 8)
+    group, elem, length = struct.unpack_from("<HHI", r.buf, pos)
+    tag = group << 16 | elem
+    if implicit or group == 0xFFFE:  # items and delimiters never carry a VR
+        return tag, None, length, pos + 8
+    vr = r.buf[pos + 4 : pos + 6]
+    if vr in _LONG_VRS:
+        r.need(pos + 12)
+        return tag, vr.decode("ascii"), struct.unpack_from("<I", r.buf, pos + 8)[0], pos + 12
+    if vr not in _SHORT_VRS:  # e.g. a file that says explicit VR and is written implicit
+        raise _Unsupported
+    return tag, vr.decode("ascii"), length >> 16, pos + 8
+
+
+def _elements(
+    r: _Reader, pos: int, implicit: bool, meta: bool
+) -> tuple[dict[int, tuple[str | None, bytes]], int, PixelLocation | None]:
+    """Walk top-level elements from ``pos`` keeping the wanted ones' (VR, bytes): the file meta
+    group (``meta``), or the data set up to the pixel data's header."""
+    kept: dict[int, tuple[str | None, bytes]] = {}
+    while True:
+        if not meta and r.eof and pos >= len(r.buf):
+            return kept, pos, None  # a header without pixel data
+        tag, vr, length, start = _header(r, pos, implicit)
+        group = tag >> 16
+        if meta and group != 0x0002:
+            return kept, pos, None
+        if tag == PIXEL_DATA:
+            return kept, start, PixelLocation(start, length)
+        if tag in FALLBACK_TAGS:
+            raise _Unsupported
+        if length == UNDEFINED:
+            # A sequence, never one the scan wants: walk past it. UN holds implicit VR items.
+            if tag in WANTED:
+                raise _Unsupported
+            pos = _skip_sequence(r, start, implicit or vr == "UN")
+            continue
+        end = start + length
+        if meta or tag in WANTED or group in PRIVATE_GROUPS or tag == SPECIFIC_CHARACTER_SET:
+            if end > len(r.buf):
+                r.need(end)
+            kept[tag] = (vr, r.buf[start:end])
+        pos = end
+
+
+def _skip_sequence(r: _Reader, pos: int, implicit: bool) -> int:
+    """Offset just past an undefined-length sequence whose first item starts at ``pos``."""
+    while True:
+        tag, _, length, pos = _header(r, pos, implicit=True)
+        if tag == SEQ_END:
+            return pos
+        if tag != ITEM:
+            raise _Unsupported
+        pos = _skip_item(r, pos, implicit) if length == UNDEFINED else pos + length
+
+
+def _skip_item(r: _Reader, pos: int, implicit: bool) -> int:
+    """Offset just past an undefined-length item whose first element starts at ``pos``."""
+    while True:
+        tag, vr, length, start = _header(r, pos, implicit)
+        if tag == ITEM_END:
+            return start
+        if length == UNDEFINED:
+            pos = _skip_sequence(r, start, implicit or vr == "UN")
+        else:
+            pos = start + length
