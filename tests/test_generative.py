@@ -4,6 +4,7 @@ retention and its gate, diffusion training, resume, NaN handling, input checks, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -255,6 +256,22 @@ def test_flip_augment_shows_mirrored_latents(tmp_path, monkeypatch):
 
     assert kinds(False) == {"as cached"}
     assert kinds(True) == {"as cached", "mirrored"}
+
+
+def test_cosine_schedule_falls_from_base_to_final_fraction():
+    from site_agent.generative.trainloop import cosine_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = cosine_scheduler(opt, total=10, final=0.1)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[5] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # halfway: mean of the ends
+    assert lrs[10] == pytest.approx(1e-4) and lrs[11] == pytest.approx(1e-4)  # holds after
+    assert all(a > b for a, b in itertools.pairwise(lrs[:11]))
 
 
 class Killed(Exception):

@@ -25,6 +25,7 @@ from site_agent.generative.trainloop import (
     Progress,
     autocast,
     backward_step,
+    cosine_scheduler,
     ensure_finite,
     make_scaler,
     run_training,
@@ -168,8 +169,13 @@ def train_autoencoder(
         modules["discriminator"] = disc
         optimizers["discriminator"] = torch.optim.AdamW(disc.parameters(), lr=spec.lr)
         adv = PatchAdversarialLoss(criterion="least_squares")
+    schedulers = {"model": cosine_scheduler(optimizers["model"], spec.steps, spec.lr_final)}
     state = TrainState(
-        modules, optimizers, rng=np.random.default_rng(seed), scaler=make_scaler(device)
+        modules,
+        optimizers,
+        schedulers,
+        rng=np.random.default_rng(seed),
+        scaler=make_scaler(device),
     )
     n = len(data)
 
@@ -200,6 +206,7 @@ def train_autoencoder(
                 )
         ensure_finite(loss)
         backward_step(loss * weight, model, optimizers["model"], st.scaler, grad_clip=1.0)
+        st.schedulers["model"].step()
         if adv is not None:
             assert disc_net is not None
             disc = disc_net

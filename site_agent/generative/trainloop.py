@@ -5,6 +5,7 @@ gradient clipping and mixed precision on CUDA only."""
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,6 +114,16 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, warmup: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
     )
+
+
+def cosine_scheduler(optimizer: torch.optim.Optimizer, total: int, final: float) -> Any:
+    """Cosine decay of the learning rate from its base value to ``final`` x base at ``total``."""
+
+    def factor(s: int) -> float:
+        t = min(1.0, s / max(1, total))
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def run_training(
