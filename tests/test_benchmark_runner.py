@@ -100,9 +100,13 @@ def test_ingest_figures_carry_peer_ratio_and_target() -> None:
         "picai_prep dcm2mha 2.1.13",
         10.6,
         1.0154,
-        True,
+        False,  # issue 15's target is 2x
     )
+    assert conv.target == "≥ 2×"
     assert _by_name(figs, "full ingest").met is False
+    fast = json.loads(json.dumps(INGEST))
+    fast["ratios"]["picai_over_ours_conversion"] = 2.1
+    assert _by_name(extract("ingest_vs_picai_prep", fast), "conversion").met is True
     same = _by_name(figs, "volumes identical")
     assert (same.value, same.peer_value, same.met) == (150, 150, True)
 
