@@ -292,3 +292,14 @@ def test_default_seeds_let_five_conditions_pass_holm_at_small_fractions(stores, 
     cfg = load_study_config(p)
     assert cfg.seeds >= 8 and cfg.seeds_large >= 3
     assert min_holm_wilcoxon_p(cfg.seeds, 10) < 0.05
+
+
+def test_default_eval_interval_follows_the_configured_length(stores, tmp_path):
+    """Validation every steps // 12 of the configured run (not of the profile's default), so a
+    longer fine-tuning is not stopped by the default patience after the profile's length."""
+    text = write_config(tmp_path / "s.toml", stores).read_text()
+    p = tmp_path / "long.toml"
+    p.write_text(text.replace("steps = 6\neval_every = 3", "steps = 240"))
+    cfg = load_study_config(p)
+    assert (cfg.finetune.steps, cfg.finetune.eval_every) == (240, 20)
+    assert cfg.pretrain.eval_every == 4  # set explicitly: kept

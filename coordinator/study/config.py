@@ -109,10 +109,12 @@ def _name(kind: type | tuple[type, ...]) -> str:
 
 
 def _training(d: dict[str, Any], where: str, steps: int, lr: float, batch: int) -> Training:
+    steps = _get(d, "steps", int, steps, where)
     t = Training(
-        steps=_get(d, "steps", int, steps, where),
+        steps=steps,
         batch_size=_get(d, "batch_size", int, batch, where),
         lr=float(_get(d, "lr", (int, float), lr, where)),
+        # from the configured length, so a longer run is not cut short by the default patience
         eval_every=_get(d, "eval_every", int, max(5, steps // 12), where),
         patience=_get(d, "patience", int, 6, where),
     )
