@@ -108,8 +108,8 @@ def _name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def _training(d: dict[str, Any], where: str, steps: int, lr: float, batch: int) -> Training:
-    steps = _get(d, "steps", int, steps, where)
+def _training(d: dict[str, Any], where: str, default_steps: int, lr: float, batch: int) -> Training:
+    steps = _get(d, "steps", int, default_steps, where)
     t = Training(
         steps=steps,
         batch_size=_get(d, "batch_size", int, batch, where),

@@ -5,6 +5,9 @@ about thirty values. This reader walks the element stream of a Part-10 file itse
 small buffer that grows only while the header does, decodes only the wanted values, and stops
 at the pixel data, keeping its offset and length so the volume reader can load the pixels later
 without parsing the header again. No pixel data, no value validation, no re-read.
+Why not pydicom's own ``dcmread(specific_tags=...)``: it drops the private b-value blocks and,
+measured on 2833 phantom files (the scan's per-file header step), took 2.08 s against 1.18 s
+here (2.32 s for a plain deferred read).
 
 The result, ``HeaderValues``, answers the handful of ``pydicom.Dataset`` calls the frame
 builder (``headers._frames``) and the b-value lookup make, so both stay one implementation.
@@ -100,10 +103,6 @@ class PixelLocation:
     length: int
 
 
-class _Meta(dict[str, str]):
-    """The file meta values the frame builder reads (``file_meta.get(keyword)``)."""
-
-
 class HeaderValues:
     """The decoded values of one header, answering the ``Dataset`` calls the scan makes."""
 
@@ -111,12 +110,12 @@ class HeaderValues:
         self,
         values: dict[str, Any],
         private: dict[int, bytes | Any],
-        meta: _Meta,
+        meta: dict[str, str],
         pixel: PixelLocation | None,
     ) -> None:
         self._values = values
         self._private = private  # full tag -> decoded value (bytes where the VR is unknown)
-        self.file_meta = meta
+        self.file_meta = meta  # the frame builder reads file_meta.get(keyword)
         self.pixel = pixel
 
     def get(self, keyword: str, default: Any = None) -> Any:
@@ -196,7 +195,7 @@ def _parse(r: _Reader) -> HeaderValues:
         raise _Unsupported
     # File meta group: always explicit VR little endian.
     raw_meta, pos, _ = _elements(r, 132, implicit=False, meta=True)
-    meta = _Meta()
+    meta: dict[str, str] = {}
     for tag, (_, value) in raw_meta.items():
         if tag in (0x00020002, 0x00020010):  # MediaStorageSOPClassUID, TransferSyntaxUID
             meta[keyword_for_tag(tag)] = value.decode("ascii").rstrip("\x00 ")
