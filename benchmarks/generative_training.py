@@ -40,8 +40,8 @@ def measure(profile: str, steps: int, batch: int | None) -> dict[str, Any]:
     from site_agent.generative.trainloop import (
         autocast,
         backward_step,
-        cuda_amp_dtype,
         make_scaler,
+        precision_name,
     )
 
     prof = get_profile(profile)
@@ -60,7 +60,7 @@ def measure(profile: str, steps: int, batch: int | None) -> dict[str, Any]:
     b_ae = min(batch, prof.autoencoder.batch_size) if batch else prof.autoencoder.batch_size
     b_dm = batch or prof.diffusion.batch_size
     scaler = make_scaler(dev)
-    out["precision"] = str(cuda_amp_dtype(dev) or torch.float32).removeprefix("torch.")
+    out["precision"] = precision_name(dev)
 
     def sync() -> None:
         if dev.type == "cuda":

@@ -274,6 +274,38 @@ def test_cosine_schedule_falls_from_base_to_final_fraction():
     assert all(a > b for a, b in itertools.pairwise(lrs[:11]))
 
 
+def test_precision_follows_the_hardware_and_the_override(monkeypatch):
+    from site_agent.generative import trainloop
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(trainloop.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(trainloop, "cpu_native_bf16", lambda: True)
+    assert trainloop.amp_dtype(cpu) == torch.bfloat16
+    conv = torch.nn.Conv3d(1, 2, 3)
+    with trainloop.autocast(cpu):
+        assert conv(torch.rand(1, 1, 4, 4, 4)).dtype == torch.bfloat16
+    assert trainloop.make_scaler(cpu) is None  # bf16 needs no gradient scaler
+    monkeypatch.setenv(trainloop.PRECISION_ENV, "FP32")
+    assert trainloop.amp_dtype(cpu) is None and trainloop.precision_name(cpu) == "float32"
+    with trainloop.autocast(cpu):
+        assert conv(torch.rand(1, 1, 4, 4, 4)).dtype == torch.float32
+    monkeypatch.setenv(trainloop.PRECISION_ENV, "half")
+    with pytest.raises(InputError, match="SITE_AGENT_PRECISION"):
+        trainloop.amp_dtype(cpu)
+    monkeypatch.delenv(trainloop.PRECISION_ENV)
+    monkeypatch.setattr(trainloop, "cpu_native_bf16", lambda: False)  # emulated bf16: no gain
+    assert trainloop.amp_dtype(cpu) is None
+
+
+def test_cpu_native_bf16_reads_the_cpu_capabilities(monkeypatch):
+    from site_agent.generative import trainloop
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert trainloop.cpu_native_bf16() is True
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert trainloop.cpu_native_bf16() is False
+
+
 class Killed(Exception):
     pass
 

@@ -48,7 +48,7 @@ from site_agent.generative.sampling import (
     sample_latents,
     write_batch,
 )
-from site_agent.generative.trainloop import Progress
+from site_agent.generative.trainloop import Progress, precision_name
 
 WEIGHTS = "model.safetensors"
 
@@ -139,6 +139,7 @@ def train_generative(
         "profile": prof.name,
         "seed": seed,
         "device": str(device),
+        "precision": precision_name(device),
         "processes": dist.world,
     }
     n_pos, n_neg = int((data.labels == 1).sum()), int((data.labels == 0).sum())
