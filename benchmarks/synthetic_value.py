@@ -230,6 +230,15 @@ def combined_setting(size: Size, results: dict[str, Any]) -> tuple[Setting | Non
             else f"only {next(iter(chosen.values()))} beats the baseline on validation"
         )
         return None, record
+    return build_combined(size, chosen), record
+
+
+def build_combined(size: Size, chosen: dict[str, str]) -> Setting:
+    """The setting that combines the chosen lever values (lever group -> setting name)."""
+    settings = {s.name: s for s in settings_for(size)}
+    unknown = sorted(set(chosen.values()) - set(settings))
+    if unknown:
+        raise InputError(f"combined setting names unknown settings {unknown}")
     picks = [settings[n] for n in chosen.values()]
     generators = next((p.generators for p in picks if p.lever in ("diffusion", "generator")), None)
     first = generators[0] if generators else Generator(SOURCE, size.diffusion_steps)
@@ -240,7 +249,18 @@ def combined_setting(size: Size, results: dict[str, Any]) -> tuple[Setting | Non
     pos = next((p.positive_fraction for p in picks if p.lever == "positives"), None)
     guid = next((p.guidance for p in picks if p.lever == "guidance"), None)
     value = "+".join(p.value for p in picks)
-    return Setting("combined", "combined", value, gens, mult, pos, guid), record
+    return Setting("combined", "combined", value, gens, mult, pos, guid)
+
+
+def chosen_in(path: Path) -> dict[str, str]:
+    """The combined setting's lever choices recorded by an earlier run's results JSON."""
+    try:
+        chosen = json.loads(path.read_text())["combined"]["chosen"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: no combined choice recorded ({exc})") from None
+    if not isinstance(chosen, dict) or len(chosen) < 2:
+        raise InputError(f"{path}: its combined choice is not a combination ({chosen})")
+    return {str(k): str(v) for k, v in chosen.items()}
 
 
 def baseline_values(size: Size) -> dict[str, str]:
@@ -655,11 +675,15 @@ def sweep(
     only: Sequence[str] | None = None,
     on_setting: Callable[[dict[str, Any]], None] | None = None,
     report_only: bool = False,
+    combined_from: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the sweep; ``on_setting`` gets the record so far after each setting
     (so a killed run leaves a current report). ``report_only`` reads finished settings and
-    trains or generates nothing."""
+    trains or generates nothing. ``combined_from``: take the combined setting's lever choices
+    from an earlier run's results JSON (chosen on validation there) instead of this run's
+    measured levers, to re-measure that setting after a generator change without the sweep."""
     size = SIZES[size_name]
+    pinned = chosen_in(combined_from) if combined_from else None
     work.mkdir(parents=True, exist_ok=True)
     marker = work / "size.json"
     if marker.is_file() and json.loads(marker.read_text()).get("size") != size_name:
@@ -706,7 +730,14 @@ def sweep(
         results[s.name] = run_setting(b, s)
         if on_setting:
             on_setting(record())
-    combined, why = combined_setting(size, results)
+    if pinned:
+        combined: Setting | None = build_combined(size, pinned)
+        why: dict[str, Any] = {"chosen": pinned, "chosen_in": str(combined_from)}
+        base_val = (results.get("baseline") or {}).get("synthetic_val_auc_mean")
+        if base_val is not None:
+            why["baseline_val_auc"] = base_val
+    else:
+        combined, why = combined_setting(size, results)
     combo_done = work / "settings" / "combined" / "result.json"
     if combined is not None and (not only or "combined" in only) and not report_only:
         results["combined"] = run_setting(b, combined)
@@ -731,6 +762,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="write the report from the settings already finished in --work; train nothing",
     )
+    ap.add_argument(
+        "--combined-from",
+        type=Path,
+        default=None,
+        help="results JSON of an earlier run: re-measure the combined setting it chose on "
+        "validation (e.g. after a generator change) without sweeping every lever again",
+    )
     args = ap.parse_args(argv)
     work = args.work or Path("benchmarks/work") / f"synthetic_value-{args.size}"
 
@@ -739,7 +777,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         rec["machine"] = f"{os.cpu_count()} CPU cores"
         return write_report(rec, args.out)
 
-    rec = sweep(work, args.size, args.only, on_setting=report, report_only=args.report_only)
+    rec = sweep(
+        work,
+        args.size,
+        args.only,
+        on_setting=report,
+        report_only=args.report_only,
+        combined_from=args.combined_from,
+    )
     paths = report(rec)
     print(
         json.dumps(

@@ -165,8 +165,15 @@ def render_markdown(rec: dict[str, Any]) -> str:
             f"split the goal is **{'met' if g['met'] else 'not met'}**.",
         ]
     combo = rec.get("combined") or {}
-    if combo.get("chosen"):
-        picked = ", ".join(f"{lv}: `{n}`" for lv, n in combo["chosen"].items())
+    picked = ", ".join(f"{lv}: `{n}`" for lv, n in (combo.get("chosen") or {}).items())
+    if combo.get("chosen_in"):
+        lines += [
+            "",
+            f"**Combined setting**: the lever values chosen on validation by the run recorded "
+            f"in `{combo['chosen_in']}` ({picked}), re-measured here without sweeping every "
+            "lever again.",
+        ]
+    elif combo.get("chosen"):
         lines += [
             "",
             f"**Combined setting**: each lever's exportable value (no case flagged by the "

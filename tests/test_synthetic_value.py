@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import synthetic_value as sv
+from shared.errors import InputError
 
 
 def _comps(f: float, d_rec: float, p_rec: float, d_none: float, p_none: float) -> list[dict]:
@@ -143,3 +144,25 @@ def test_combined_setting_takes_each_levers_best_exportable_value_on_validation(
     assert alone is None and "only count-x4" in why["why"]
     none, why = sv.combined_setting(size, {"count-x4": _measured(0.7)})
     assert none is None and "baseline" in why["why"]
+
+
+def test_combined_choice_can_be_taken_from_an_earlier_run(tmp_path):
+    size = sv.SIZES["full"]
+    earlier = tmp_path / "earlier.json"
+    chosen = {"count": "count-x4", "guidance": "guidance-1", "pooling": "pooled-2-sites"}
+    earlier.write_text(json.dumps({"combined": {"chosen": chosen}}))
+    assert sv.chosen_in(earlier) == chosen
+    combo = sv.build_combined(size, sv.chosen_in(earlier))
+    assert combo.multiplier == 4 and combo.guidance == 1.0
+    assert [g.site for g in combo.generators] == [sv.SOURCE, sv.SECOND]
+    # the same choice measured in this run builds the same setting
+    results = {"baseline": _measured(0.5)} | {n: _measured(0.6) for n in chosen.values()}
+    assert sv.combined_setting(size, results)[0] == combo
+    earlier.write_text(json.dumps({"combined": {"chosen": {"count": "count-x4"}}}))
+    with pytest.raises(InputError, match="not a combination"):
+        sv.chosen_in(earlier)
+    earlier.write_text(json.dumps({"combined": {"chosen": chosen | {"count": "count-x99"}}}))
+    with pytest.raises(InputError, match="unknown settings"):
+        sv.build_combined(size, sv.chosen_in(earlier))
+    with pytest.raises(InputError, match="no combined choice"):
+        sv.chosen_in(tmp_path / "missing.json")
