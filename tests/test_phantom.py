@@ -75,3 +75,60 @@ def test_classic_phantom_files_pass_dciodvfy(phantom_sites):
         proc = subprocess.run([str(dciodvfy), str(f)], capture_output=True, text=True)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
         assert errors == [], (f, errors)
+
+
+def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydicoms_bytes(
+    tmp_path, monkeypatch
+):
+    """Same seed, same bytes in every transfer syntax (JPEG 2000 too: pydicom's compress()
+    would draw a new SOP Instance UID), and the series writer's element cache lays a file out
+    byte for byte as pydicom's own dcmwrite does."""
+    from shared.phantom import dicom_writer
+
+    inst, prof = get_institution("cascade"), get_profile("tiny")
+    for syntax in ("explicit", "implicit", "jpeg-lossless", "j2k"):
+        force = {"syntax": syntax, "enhanced": False}
+        generate_study(tmp_path / syntax / "a", inst, prof, 7, 1, force=force)
+        generate_study(tmp_path / syntax / "b", inst, prof, 7, 1, force=force)
+        with monkeypatch.context() as m:  # pydicom's writer for every file
+            m.setattr(
+                dicom_writer.ElementCache,
+                "write",
+                lambda self, ds, path: ds.save_as(path, enforce_file_format=True),
+            )
+            generate_study(tmp_path / syntax / "pydicom", inst, prof, 7, 1, force=force)
+        a = _digest(tmp_path / syntax / "a")
+        assert a == _digest(tmp_path / syntax / "b"), syntax
+        assert a == _digest(tmp_path / syntax / "pydicom"), syntax
+
+
+def test_each_structure_is_zero_outside_the_lattice_box_it_is_evaluated_in():
+    """The phantom evaluates a structure only inside the index box of its bounds: every
+    lattice point outside that box must have weight 0 (checked on the whole lattice)."""
+    from shared.phantom.acquire import lattice, make_grid, orientation
+    from shared.phantom.anatomy import draw_patient
+
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        patient = draw_patient(rng, positive=bool(trial % 2))
+        kind = ("axial", "sagittal", "coronal")[trial % 3]
+        grid = make_grid(
+            patient.prostate_center + rng.normal(0, 3, 3),
+            orientation(kind, float(rng.normal(0, 8))),
+            2.0,
+            90.0,
+            3.6,
+            14,
+        )
+        lat = lattice(grid, k_offset=float(rng.uniform(-0.4, 0.4)))
+        pts = lat.points()
+        shapes = [s for _, s in patient.structures + patient.mimics]
+        shapes += [les.shape for les in patient.lesions] + [patient.prostate]
+        for shape in shapes:
+            edge = 2.0
+            w = shape.weight(pts, edge).reshape(lat.shape)
+            box = lat.box(*shape.bounds(edge))
+            outside = w.copy()
+            if box is not None:
+                outside[box] = 0
+            assert not np.any(outside), type(shape).__name__

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from shared.phantom.anatomy import Patient, SmoothField, evaluate
+from shared.phantom.anatomy import Lattice, Patient, SmoothField, evaluate
 from shared.phantom.institutions import Institution
 
 
@@ -85,10 +85,17 @@ def sample(patient: Patient, grid: SeriesGrid, through_plane: int = 3) -> dict[s
     edge = float(min(grid.spacing[0], grid.spacing[1]))
     step = grid.slice_thickness / grid.spacing[2]
     for off in offsets:
-        props = evaluate(patient, grid_points(grid, k_offset=float(off * step)), edge)
+        props = evaluate(patient, lattice(grid, k_offset=float(off * step)), edge)
         for k, v in props.items():
             acc[k] = acc.get(k, 0) + v.reshape(ni, nj, nk).astype(np.float32) / through_plane
     return acc
+
+
+def lattice(grid: SeriesGrid, k_offset: float = 0.0) -> Lattice:
+    """The grid's voxel centres (the points of ``grid_points``), shifted ``k_offset`` voxels
+    along the slice axis."""
+    a = grid.affine
+    return Lattice(a[:3, 3], a[:3, :3], grid.shape, k_offset)
 
 
 def grid_points(grid: SeriesGrid, k_offset: float = 0.0) -> np.ndarray:

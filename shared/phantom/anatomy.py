@@ -64,10 +64,19 @@ class Ellipsoid:
             r = r / (1.0 + self.irregularity * wobble / 3.0)
         return r
 
+    def reach(self, edge_mm: float) -> float:
+        """Radius of the sphere outside which the weight is 0."""
+        return float(np.max(self.radii)) * (1.0 + self.irregularity) + edge_mm
+
+    def bounds(self, edge_mm: float) -> tuple[np.ndarray, np.ndarray]:
+        """An LPS box (lo, hi) outside which the weight is 0."""
+        r = self.reach(edge_mm)
+        return self.center - r, self.center + r
+
     def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
         """Soft membership in [0, 1]; the edge is ``edge_mm`` wide (partial volume)."""
         # Only points inside the bounding sphere can have weight: evaluate those alone.
-        reach = float(np.max(self.radii)) * (1.0 + self.irregularity) + edge_mm
+        reach = self.reach(edge_mm)
         d = p - self.center
         near = np.einsum("ij,ij->i", d, d) < reach * reach
         out = np.zeros(p.shape[0], dtype=np.float64)
@@ -86,6 +95,15 @@ class Cylinder:
     radii_xy: np.ndarray
     z0: float = -1e9
     z1: float = 1e9
+
+    def bounds(self, edge_mm: float) -> tuple[np.ndarray, np.ndarray]:
+        """An LPS box (lo, hi) outside which the weight is 0: in-plane the weight vanishes
+        beyond r = 1 + edge / (2 min radius), along S half an edge beyond z0 and z1."""
+        e = max(edge_mm, 1e-3)
+        xy = self.radii_xy * (1.0 + e / float(np.min(self.radii_xy)))
+        lo = np.array([*(self.center_xy - xy), self.z0 - e])
+        hi = np.array([*(self.center_xy + xy), self.z1 + e])
+        return lo, hi
 
     def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
         q = (p[:, :2] - self.center_xy) / self.radii_xy
@@ -321,48 +339,102 @@ def _draw_pirads(
     return int(rng.choice([1, 2, 3], p=[0.3, 0.6, 0.1]))
 
 
-def evaluate(patient: Patient, points: np.ndarray, edge_mm: float) -> dict[str, np.ndarray]:
-    """Tissue properties (``PROPS``) and truth masks at ``points`` (N x 3, LPS mm).
+@dataclass(frozen=True)
+class Lattice:
+    """The voxel centres of an acquisition grid, in LPS mm: point (i, j, k) is
+    ``(i * axes[:, 0] + j * axes[:, 1]) + ((k + k_offset) * axes[:, 2] + origin)``."""
 
-    Returns arrays of length N: ``t2``, ``t1``, ``s0``, ``adc`` (µm²/s) and the soft masks
-    ``prostate`` and ``lesion`` (significant lesions only).
+    origin: np.ndarray  # (3,)
+    axes: np.ndarray  # (3, 3): columns are the i, j and k steps (mm)
+    shape: tuple[int, int, int]
+    k_offset: float = 0.0
+
+    def points(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """(n, 3) points of ``box`` (default: all), in (i, j, k) C order."""
+        si, sj, sk = box or tuple(slice(0, n) for n in self.shape)
+        a = self.axes
+        plane = (
+            np.arange(si.start, si.stop)[:, None, None] * a[:, 0]
+            + np.arange(sj.start, sj.stop)[None, :, None] * a[:, 1]
+        )
+        depth = (np.arange(sk.start, sk.stop) + self.k_offset)[:, None] * a[:, 2] + self.origin
+        return (plane[:, :, None, :] + depth[None, None, :, :]).reshape(-1, 3)
+
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """The index box holding every lattice point inside the LPS box [lo, hi]; None if it
+        holds none."""
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                            for z in (lo[2], hi[2])])  # fmt: skip
+        idx = np.linalg.solve(self.axes, (corners - self.origin).T).T
+        idx[:, 2] -= self.k_offset
+        first = np.maximum(np.floor(idx.min(axis=0)).astype(int) - 1, 0)
+        last = np.minimum(np.ceil(idx.max(axis=0)).astype(int) + 2, self.shape)
+        if np.any(last <= first):
+            return None
+        return tuple(slice(int(f), int(t)) for f, t in zip(first, last, strict=True))  # type: ignore[return-value]
+
+
+def evaluate(patient: Patient, lattice: Lattice, edge_mm: float) -> dict[str, np.ndarray]:
+    """Tissue properties (``PROPS``) and truth masks at the points of ``lattice``.
+
+    Returns arrays of the lattice's shape: ``t2``, ``t1``, ``s0``, ``adc`` (µm²/s) and the soft
+    masks ``prostate`` and ``lesion`` (significant lesions only). Each structure is evaluated
+    only in the index box around it (``bounds``): outside it its weight is 0.
     """
-    n = points.shape[0]
-    props = {k: np.zeros(n, dtype=np.float32) for k in PROPS}
+    props = {k: np.zeros(lattice.shape, dtype=np.float32) for k in PROPS}
 
-    def paint(tissue: str, w: np.ndarray, override: dict[str, float] | None = None) -> None:
+    def weight(shape: object) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+        box = lattice.box(*shape.bounds(edge_mm))  # type: ignore[attr-defined]
+        if box is None:
+            return None
+        w = shape.weight(lattice.points(box), edge_mm)  # type: ignore[attr-defined]
+        return box, w.reshape(tuple(s.stop - s.start for s in box))
+
+    def paint(tissue: str, box, w: np.ndarray, override: dict[str, float] | None = None) -> None:
         vals = dict(zip(PROPS, TISSUES[tissue], strict=True))
         if override:
             vals.update(override)
-        idx = np.flatnonzero(w)
-        wi = w[idx]
-        for k in PROPS:
-            props[k][idx] += wi * (vals[k] - props[k][idx])
+        for k in PROPS:  # where w is 0 this adds exactly 0
+            view = props[k][box]
+            view += w * (vals[k] - view)
 
     for tissue, shape in patient.structures:
-        w = shape.weight(points, edge_mm)  # type: ignore[attr-defined]
-        if not np.any(w):
+        got = weight(shape)
+        if got is None or not np.any(got[1]):
             continue
         override = {"adc": patient.pz_adc} if tissue == "pz" else None
         if tissue == "tz":
             override = {"adc": patient.tz_adc}
-        paint(tissue, w, override)
+        paint(tissue, *got, override)
 
-    prostate_w = patient.prostate.weight(points, edge_mm)
+    prostate_w = np.zeros(lattice.shape, dtype=np.float64)
+    got = weight(patient.prostate)
+    if got is not None:
+        prostate_w[got[0]] = got[1]
     inside = prostate_w > 0
     if np.any(inside):  # glandular heterogeneity ("organised chaos" of the TZ)
-        tex = patient.texture(points[inside]).astype(np.float32)
-        props["t2"][inside] *= 1.0 + 0.12 * tex * prostate_w[inside]
-        props["adc"][inside] *= 1.0 + 0.05 * tex * prostate_w[inside]
+        box = got[0]  # type: ignore[index]
+        sub_inside = inside[box]
+        tex = patient.texture(lattice.points(box)[sub_inside.ravel()]).astype(np.float32)
+        pw = prostate_w[box][sub_inside]
+        props["t2"][box][sub_inside] *= 1.0 + 0.12 * tex * pw
+        props["adc"][box][sub_inside] *= 1.0 + 0.05 * tex * pw
 
     for tissue, shape in patient.mimics:
-        w = shape.weight(points, edge_mm) * prostate_w  # type: ignore[attr-defined]
+        got = weight(shape)
+        if got is None:
+            continue
+        w = got[1] * prostate_w[got[0]]
         if np.any(w):
-            paint(tissue, w * (0.6 if tissue == "prostatitis" else 1.0))
+            paint(tissue, got[0], w * (0.6 if tissue == "prostatitis" else 1.0))
 
-    lesion_mask = np.zeros(n, dtype=np.float32)
+    lesion_mask = np.zeros(lattice.shape, dtype=np.float64)
     for les in patient.lesions:
-        w = les.shape.weight(points, edge_mm) * prostate_w
+        got = weight(les.shape)
+        if got is None:
+            continue
+        box = got[0]
+        w = got[1] * prostate_w[box]
         if not np.any(w):
             continue
         t2, t1, s0, _ = TISSUES["lesion"]
@@ -372,9 +444,11 @@ def evaluate(patient: Patient, points: np.ndarray, edge_mm: float) -> dict[str, 
         ws = w * les.strength
         for k in PROPS:
             wk = w if k == "adc" else ws
-            props[k] += wk * (vals[k] - props[k])
+            view = props[k][box]
+            view += wk * (vals[k] - view)
         if les.significant:
-            lesion_mask = np.maximum(lesion_mask, w)
+            sub = lesion_mask[box]
+            np.maximum(sub, w, out=sub)
     props["prostate"] = prostate_w.astype(np.float32)
     props["lesion"] = lesion_mask
     return props

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -130,6 +133,67 @@ def _pixels_for_slice(stack: Stack, k: int, series: SeriesSpec) -> np.ndarray:
     return _stored(stack.image[:, :, k].T, series)
 
 
+class ElementCache:
+    """Encoded data elements of a series' files, each distinct one encoded once.
+
+    A series' single-frame files repeat most of their header from slice to slice; pydicom's
+    ``dcmwrite`` spends most of a file's time encoding those elements again. Here each element
+    is encoded by pydicom's own ``write_data_element`` the first time its (tag, VR, value)
+    appears and reused after, and a file is laid out as ``dcmwrite`` lays it out (preamble,
+    file meta, elements in tag order, ambiguous VRs resolved first): the same bytes.
+    """
+
+    def __init__(self) -> None:
+        self._encoded: dict[tuple[object, ...], bytes] = {}
+
+    @staticmethod
+    def _key(elem: object, implicit: bool, charset: object) -> tuple[object, ...] | None:
+        value = elem.value  # type: ignore[attr-defined]
+        if isinstance(value, bytes | bytearray) or elem.VR == "SQ":  # type: ignore[attr-defined]
+            return None  # pixel data and sequences: encoded every time
+        if isinstance(value, MultiValue | list | tuple):
+            shown: object = tuple((type(v).__name__, str(v)) for v in value)
+        else:
+            shown = (type(value).__name__, str(value))
+        return (elem.tag, elem.VR, implicit, str(charset), shown)  # type: ignore[attr-defined]
+
+    def body(self, ds: Dataset, implicit: bool) -> bytes:
+        """The encoded data set (little endian), as ``write_dataset`` writes it."""
+        ds = correct_ambiguous_vr(ds, True)
+        charset = ds.get("SpecificCharacterSet", "iso8859")
+        parts = []
+        for tag in sorted(ds.keys()):
+            if tag.element == 0 and tag.group > 6:  # retired group lengths are not written
+                continue
+            elem = ds[tag]
+            key = self._key(elem, implicit, charset)
+            data = self._encoded.get(key) if key is not None else None
+            if data is None:
+                fp = DicomBytesIO()
+                fp.is_little_endian, fp.is_implicit_VR = True, implicit
+                write_data_element(fp, elem, charset)
+                data = fp.getvalue()
+                if key is not None:
+                    self._encoded[key] = data
+            parts.append(data)
+        return b"".join(parts)
+
+    def write(self, ds: Dataset, path: Path) -> None:
+        """``ds.save_as(path, enforce_file_format=True)`` for little endian files, with the
+        repeated elements taken from the cache."""
+        meta = ds.file_meta
+        syntax = meta.TransferSyntaxUID
+        implicit = syntax == ImplicitVRLittleEndian
+        validate_file_meta(meta, enforce_standard=True)
+        # PS3.5 A.4: encapsulated pixel data has undefined length, native pixel data its own
+        ds["PixelData"].is_undefined_length = syntax.is_compressed
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        path.write_bytes(fp.getvalue() + self.body(ds, implicit))
+
+
 def write_series(
     folder: Path,
     study: StudyInfo,
@@ -149,6 +213,7 @@ def write_series(
         return [_write_enhanced(folder, study, series, series_uid)]
     files = []
     instance = 0
+    cache = ElementCache()
     names = [f"IM{n:05d}" for n in range(sum(s.grid.shape[2] for s in series.stacks))]
     if rng is not None:  # exports rarely keep slice order in file names
         rng.shuffle(names)
@@ -191,13 +256,15 @@ def write_series(
             ds.WindowCenter = _fmt(float(np.percentile(frame, 60)))
             ds.WindowWidth = _fmt(max(float(np.percentile(frame, 99) * 1.2), 1.0))
             path = folder / f"{names[instance]}.dcm"
-            _save(ds, frame[None], path, syntax)
+            _save(ds, frame[None], path, syntax, cache)
             files.append(path)
             instance += 1
     return files
 
 
-def _save(ds: Dataset, frames: np.ndarray, path: Path, syntax: str) -> None:
+def _save(
+    ds: Dataset, frames: np.ndarray, path: Path, syntax: str, cache: ElementCache | None = None
+) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -212,7 +279,13 @@ def _save(ds: Dataset, frames: np.ndarray, path: Path, syntax: str) -> None:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
         ds.PixelData = frames.tobytes()
-        ds.compress(JPEG2000Lossless, frames if frames.shape[0] > 1 else frames[0])
+        # lossless: the instance keeps its UID (pydicom would draw a random one: the phantom
+        # would no longer be deterministic)
+        ds.compress(
+            JPEG2000Lossless,
+            frames if frames.shape[0] > 1 else frames[0],
+            generate_instance_uid=False,
+        )
         ds.LossyImageCompression = "00"
         meta = ds.file_meta
     elif syntax == "implicit":
@@ -224,7 +297,10 @@ def _save(ds: Dataset, frames: np.ndarray, path: Path, syntax: str) -> None:
     else:
         raise ValueError(f"syntax must be explicit, implicit, jpeg-lossless or j2k, not {syntax!r}")
     ds.file_meta = meta
-    ds.save_as(path, enforce_file_format=True)
+    if cache is not None:
+        cache.write(ds, path)
+    else:
+        ds.save_as(path, enforce_file_format=True)
 
 
 def _seq_item(**kw: object) -> Dataset:
