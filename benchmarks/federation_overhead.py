@@ -18,7 +18,9 @@ validation, FedAvg); bytes of the ArrayRecord payloads sent and received, and of
 object serialized for them (messages, records, arrays, chunks: what Flower pushes and pulls,
 without HTTP/TLS framing). Start-up, in fresh interpreters: Python alone, importing the
 ClientApp module (and which packages that import costs), and a whole describe / train /
-evaluate message per role (imports, torch, compute).
+evaluate message per role (imports, torch, compute); the same messages again in children
+forked from a warm parent that preloaded what ``deploy/warm_superexec.py`` preloads (how a
+deployed node starts them now; the deployment mode runs that path end to end).
 
 Writes ``OUT/federation_overhead.json`` atomically (``figures`` for ``python -m benchmarks``,
 plus every row). Run: ``python -m benchmarks.federation_overhead [--pretrain 2] [--adapt 1]``.
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +155,70 @@ def _timed_python(args: list[str], env: dict[str, str], tree: Path = ROOT) -> tu
     return time.perf_counter() - t0, res.stdout + res.stderr
 
 
+# A warm parent as deploy/warm_superexec.py keeps one: it preloads the same libraries, then
+# forks one child per request, which runs the probe and exits. Requests and answers are JSON
+# lines on stdin/stdout; the wall time runs from just before fork() to the child's exit.
+_ZYGOTE = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import warm_superexec
+warm_superexec.preload()
+sys.path.pop(0)
+for line in sys.stdin:
+    req = json.loads(line)
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fd = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(fd, 1)
+            sys.argv = ["-c", *req["args"]]
+            exec(compile(req["probe"], "<probe>", "exec"), {"__name__": "__main__"})
+            sys.stdout.flush()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"wall": time.perf_counter() - t0, "status": status}), flush=True)
+"""
+
+
+class WarmForks:
+    """Runs a probe in a child forked from a warm parent (as a deployed node now does)."""
+
+    def __init__(self, env: dict[str, str], work: Path) -> None:
+        self.work = work
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE, str(ROOT / "deploy")],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, args: list[str]) -> tuple[float, str]:
+        from tests.federation_support import MESSAGE_PROBE
+
+        out = self.work / "warm-probe.out"
+        assert self.proc.stdin and self.proc.stdout
+        req = {"probe": MESSAGE_PROBE, "args": args, "out": str(out)}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        ans = json.loads(self.proc.stdout.readline())
+        if ans["status"]:
+            raise RuntimeError(f"warm probe failed: {out.read_text()[-1500:]}")
+        return ans["wall"], out.read_text()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def import_breakdown(env: dict[str, str]) -> dict[str, Any]:
     """``-X importtime`` of the ClientApp module: cumulative ms per top-level package."""
     _, text = _timed_python(["-X", "importtime", "-c", "import shared.federation.client_app"], env)
@@ -171,31 +238,36 @@ def import_breakdown(env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+Runner = Callable[[list[str]], tuple[float, str]]
+
+
 def message_startup(
-    ws: dict[str, Path], arrays: Path, trees: dict[str, tuple[Path, dict[str, str]]], repeats: int
+    ws: dict[str, Path], arrays: Path, runners: dict[str, Runner], repeats: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """One whole message per (role, kind) in fresh processes, as a deployed node runs each,
-    for every source tree of ``trees`` (name -> (tree, environment)), the trees taking turns
-    so that a change in the machine's load falls on all of them alike.
+    """One whole message per (role, kind) in its own process, as a deployed node runs each,
+    for every way of starting it in ``runners`` (name -> runner: a fresh interpreter of a
+    source tree, or a fork of a warm parent), taking turns so that a change in the machine's
+    load falls on all of them alike.
 
     ``startup`` = the process's wall time - the node's own ``compute-seconds`` (interpreter,
     imports, policy and audit set-up, reply): what the message pays before and around its
     work. The first process of each kind finds no case cache (``cold``); the ``repeats``
     after it find the cache the first one wrote (their medians are reported).
     """
-    from tests.federation_support import MESSAGE_PROBE
-
     keys = ("process", "startup", "import-client-app", "handler", "compute")
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
     for role, kind in MESSAGES:
         node_ws = ws["target" if role == "target" else "aurora"]
-        shutil.rmtree(node_ws / "work" / "federation", ignore_errors=True)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-        for _ in range(1 + repeats):
-            for name, (tree, env) in trees.items():
-                wall, out = _timed_python(
-                    ["-c", MESSAGE_PROBE, role, str(node_ws), kind, str(arrays)], env, tree
-                )
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
+        for name, run_probe in runners.items():  # each way starts without a case cache
+            shutil.rmtree(node_ws / "work" / "federation", ignore_errors=True)
+            wall, out = run_probe([role, str(node_ws), kind, str(arrays)])
+            run = json.loads(out.strip().splitlines()[-1]) | {"process": wall}
+            run["startup"] = wall - float(run["compute"] or 0.0)
+            runs[name].append(run)
+        for _ in range(repeats):
+            for name, run_probe in runners.items():
+                wall, out = run_probe([role, str(node_ws), kind, str(arrays)])
                 run = json.loads(out.strip().splitlines()[-1]) | {"process": wall}
                 run["startup"] = wall - float(run["compute"] or 0.0)
                 runs[name].append(run)
@@ -245,12 +317,22 @@ def startup(
         "torch-import-seconds": median_wall(["-c", "import torch"]),
         "imports": import_breakdown(env),
     }
-    trees = {"this": (ROOT, env)}
+    from tests.federation_support import MESSAGE_PROBE
+
+    def fresh(tree: Path, tree_env: dict[str, str]) -> Runner:
+        return lambda args: _timed_python(["-c", MESSAGE_PROBE, *args], tree_env, tree)
+
+    warm = WarmForks(_env(work / "flwr-home-warm"), work)
+    runners: dict[str, Runner] = {"this": fresh(ROOT, env), "warm": warm.run}
     if baseline:
         tree = baseline_tree(baseline, work)
-        trees["baseline"] = (tree, _env(work / "flwr-home-baseline", tree))
-    rows = message_startup(ws, arrays, trees, repeats)
+        runners["baseline"] = fresh(tree, _env(work / "flwr-home-baseline", tree))
+    try:
+        rows = message_startup(ws, arrays, runners, repeats)
+    finally:
+        warm.close()
     res["messages"] = rows["this"]
+    res["warm-messages"] = rows["warm"]
     if baseline:
         res["baseline"] = {"ref": baseline, "messages": rows["baseline"]}
     return res
@@ -311,6 +393,9 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
             "s",
         )
     )
+    for m in st.get("warm-messages", []):
+        name = f"{m['role']} {m['kind']} message forked from a warm parent"
+        figs.append(_figure(f"{name}: start-up (wall − compute)", round(m["startup"], 3), "s"))
     before = {(m["role"], m["kind"]): m for m in st.get("baseline", {}).get("messages", [])}
     for m in st["messages"]:
         name = f"{m['role']} {m['kind']} message in a fresh process"

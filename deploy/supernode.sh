@@ -8,11 +8,17 @@
 #       --role site --workspace /srv/site-ws [--port 9094]
 #   deploy/supernode.sh --make-key KEYS/node          # ECDSA P-384 OpenSSH key pair; send node.pub
 #   deploy/supernode.sh --insecure ...                # plain text, no auth: loopback tests only
+#   deploy/supernode.sh --stock-flower ...            # Flower's own SuperNode and executor
+#
+# By default two things differ from stock Flower, both for a round's latency: each message's
+# ClientApp process is forked from a warm SuperExec that imported torch and Flower once
+# (deploy/warm_superexec.py; the app code still comes from the FAB), and the SuperNode polls
+# the SuperLink every 0.25 s instead of every 3 s (deploy/supernode_fast_poll.py).
 #
 # The audit log needs the site key's passphrase: SITE_AGENT_KEY_PASSPHRASE in the environment
 # or audit-passphrase-file in the policy.
 set -euo pipefail
-SUPERLINK="" CA="" KEY="" ROLE="" WS="" PORT=9094 INSECURE=0 EXTRA=()
+SUPERLINK="" CA="" KEY="" ROLE="" WS="" PORT=9094 INSECURE=0 STOCK=0 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --make-key)
@@ -29,8 +35,9 @@ while [[ $# -gt 0 ]]; do
     --workspace) WS=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --insecure) INSECURE=1; shift ;;
+    --stock-flower) STOCK=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 [[ -n $SUPERLINK && -n $ROLE && -n $WS ]] || { echo "error: --superlink, --role and --workspace are required" >&2; exit 2; }
@@ -54,4 +61,19 @@ else
   [[ -r $KEY ]] || { echo "error: --key NODE_KEY (made with --make-key, registered by the coordinator) is required" >&2; exit 2; }
   ARGS+=(--root-certificates "$CA" --auth-supernode-private-key "$KEY")
 fi
-exec "$BIN/flower-supernode" "${ARGS[@]}" "${EXTRA[@]}"
+if [[ $STOCK == 1 ]]; then
+  exec "$BIN/flower-supernode" "${ARGS[@]}" "${EXTRA[@]}"
+fi
+# The SuperNode serves its Runtime API on loopback --port; the warm SuperExec polls it for work
+# and ends with the SuperNode (--parent-pid). A signal to this script reaches both.
+PY=$BIN/python; [[ -x $PY ]] || PY=python3
+HERE=$(cd "$(dirname "$0")" && pwd)
+"$PY" "$HERE/supernode_fast_poll.py" "${ARGS[@]}" --isolation process "${EXTRA[@]}" &
+NODE=$!
+trap 'kill -TERM "$NODE" 2>/dev/null' TERM INT
+"$PY" "$HERE/warm_superexec.py" --runtime-api-address "127.0.0.1:$PORT" \
+  --insecure --parent-pid "$NODE" &
+set +e
+wait "$NODE"; rc=$?
+while kill -0 "$NODE" 2>/dev/null; do wait "$NODE"; rc=$?; done  # a trap interrupts a wait
+exit "$rc"

@@ -138,6 +138,8 @@ def test_tls_deployment_refuses_intruders_and_survives_a_node_lost_mid_round(tmp
             assert (out / f).is_file(), f
         assert json.loads((out / "state.json").read_text())["last-round"] == 2
         assert "federation-reply" in (ws["borealis"] / "audit" / "audit.jsonl").read_text()
+        # borealis answered through deploy/warm_superexec.py (ClientApps forked warm)
+        assert "warm SuperExec: preloaded" in dep.logs["borealis"].read_text()
 
         # the unregistered key was refused meanwhile and its SuperNode gave up
         assert intruder.poll() is not None, "the unregistered SuperNode is still running"

@@ -20,6 +20,28 @@ NODE_UNAVAILABLE = 5
 # loop sleeps 3 s between pulls, which adds up to 3 s to every exchange; a 1 s ceiling still
 # added 0.5 s on average). A pull is one small request to the SuperLink.
 POLL_FIRST, POLL_MAX = 0.1, 0.25
+# A node pushes its reply message before the reply's objects (its arrays), so a pull that sees
+# the message first finds them missing and Flower's object pull waits 1 s, then 2 s, before
+# asking again. Retried here after 0.05 s, doubling up to 0.5 s (a pull is one small request).
+PULL_BACKOFF = (0.05, 0.5)
+
+
+def quick_reply_pulls() -> bool:
+    """Make the deployed grid's object pulls retry after ``PULL_BACKOFF`` instead of Flower's
+    1 s / 10 s (this ServerApp process only); False where this Flower has no such grid."""
+    import functools
+
+    try:
+        from flwr.superlink.grid import http_grid
+    except ImportError:
+        return False
+    pull = getattr(http_grid, "pull_objects", None)
+    if pull is None:
+        return False
+    http_grid.pull_objects = functools.partial(  # type: ignore[attr-defined]
+        getattr(pull, "func", pull), initial_backoff=PULL_BACKOFF[0], backoff_cap=PULL_BACKOFF[1]
+    )
+    return True
 
 
 @dataclass

@@ -19,8 +19,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from coordinator.federation.config import FederationConfig
+    from coordinator.federation.exchange import quick_reply_pulls
     from coordinator.federation.rounds import run_federation
 
+    quick_reply_pulls()
     logging.getLogger("coordinator.federation").setLevel(logging.INFO)
     cfg = FederationConfig.from_run_config(dict(context.run_config))
     summary = run_federation(grid, cfg, log=lambda s: print(f"[federation] {s}", flush=True))
