@@ -2,8 +2,8 @@
 
 Flower 1.42 runs every ClientApp message in a process of its own: the SuperNode's SuperExec
 polls for work once a second and starts ``flwr-clientapp`` in a fresh interpreter, which then
-imports Flower, numpy and torch before the message's first line of work (1.6-2.5 s of every
-message on 2 cores, measured by ``benchmarks/federation_overhead.py``). Here the SuperExec
+imports Flower, numpy and torch before the message's first line of work (1.3-1.5 s of a train
+or evaluate message on 2 idle cores, ``benchmarks/federation_overhead.py``). Here the SuperExec
 imports those libraries once and **forks** one child per message instead:
 
 * each message still runs in its own process, which exits after its reply: nothing in memory
@@ -19,7 +19,7 @@ imports those libraries once and **forks** one child per message instead:
 * task types other than ClientApp go to Flower's own subprocess executor.
 
 Started by ``deploy/supernode.sh`` next to ``flower-supernode --isolation process`` (its
-``--cold-clientapps`` flag keeps Flower's own executor instead). Linux only (``os.fork``).
+``--stock-flower`` flag keeps Flower's own executor instead). Linux only (``os.fork``).
 Run as a script, not as part of the ``shared`` package, so that nothing of the toolkit is
 imported before the FAB's copy.
 
