@@ -278,8 +278,10 @@ def test_precision_follows_the_hardware_and_the_override(monkeypatch):
     from site_agent.generative import trainloop
 
     cpu = torch.device("cpu")
-    monkeypatch.delenv(trainloop.PRECISION_ENV, raising=False)
     monkeypatch.setattr(trainloop, "cpu_native_bf16", lambda: True)
+    monkeypatch.delenv(trainloop.PRECISION_ENV, raising=False)
+    assert trainloop.amp_dtype(cpu) is None  # CPU bf16 is opt-in
+    monkeypatch.setenv(trainloop.PRECISION_ENV, "bf16")
     assert trainloop.amp_dtype(cpu) == torch.bfloat16
     conv = torch.nn.Conv3d(1, 2, 3)
     with trainloop.autocast(cpu):
@@ -292,7 +294,7 @@ def test_precision_follows_the_hardware_and_the_override(monkeypatch):
     monkeypatch.setenv(trainloop.PRECISION_ENV, "half")
     with pytest.raises(InputError, match="SITE_AGENT_PRECISION"):
         trainloop.amp_dtype(cpu)
-    monkeypatch.delenv(trainloop.PRECISION_ENV)
+    monkeypatch.setenv(trainloop.PRECISION_ENV, "bf16")
     monkeypatch.setattr(trainloop, "cpu_native_bf16", lambda: False)  # emulated bf16: no gain
     assert trainloop.amp_dtype(cpu) is None
 

@@ -122,12 +122,15 @@ FULL = DemoPlan(
         "phantom-site": 48,
         "phantom-external": 166,
         "keys": 2,
-        # measured on 2 idle cores with issue 12's defaults (4x cases, guidance 1) and bf16
-        # training on an AMX CPU, 2026-12-06: 1299 s in all (float32 machines take longer)
-        "train": 220,
-        "generate": 66,
+        # 2 idle cores, issue 12's defaults (4x cases, guidance 1), 2026-12-06. Training,
+        # generation and export in float32 (the CPU default): train from one site's float32
+        # training in benchmarks/synthetic_value (455 s), generate and export from the
+        # 2026-12-05 float32 demo; the rest from the 2026-12-06 demo (1299 s in all with
+        # SITE_AGENT_PRECISION=bf16 training, 220 s per site)
+        "train": 460,
+        "generate": 120,
         "fidelity": 17,
-        "export-synthetic": 80,
+        "export-synthetic": 120,
         "pretrain": 13,
         "export-weights": 1,
         "audit": 1,
