@@ -797,4 +797,5 @@ if __name__ == "__main__":
     try:
         main()
     except InputError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None  # the project's exit code for bad input

@@ -213,7 +213,7 @@ def plot(rec: dict[str, Any], path: Path) -> None:
     if not levers:
         levers = ["baseline"]
     fig, axes = plt.subplots(
-        len(fr), len(levers), figsize=(3.2 * len(levers), 3.0 * len(fr)), squeeze=False
+        len(fr), len(levers), figsize=(max(3.2 * len(levers), 7.0), 3.0 * len(fr)), squeeze=False
     )
     for i, f in enumerate(fr):
         for j, lever in enumerate(levers):

@@ -16,15 +16,15 @@ Arguments are ``flower-supernode``'s. Started by ``deploy/supernode.sh`` (its
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
 from typing import Any
 
+from flower_retries import retry_sooner  # deploy/, beside this script
+
 POLL_ENV = "SUPERNODE_POLL_SECONDS"
 DEFAULT_POLL = 0.25
-PULL_BACKOFF = (0.05, 0.5)  # first and longest retry pause of an object pull (Flower: 1, 10)
 
 
 class _CappedSleep:
@@ -61,10 +61,7 @@ def patch(cap: float) -> None:
             "run deploy/supernode.sh --stock-flower"
         )
     loop.time = _CappedSleep(cap)  # type: ignore[assignment]
-    pull = loop.pull_objects
-    loop.pull_objects = functools.partial(  # type: ignore[assignment]
-        getattr(pull, "func", pull), initial_backoff=PULL_BACKOFF[0], backoff_cap=PULL_BACKOFF[1]
-    )
+    retry_sooner(loop, "pull_objects")
 
 
 def main() -> int:

@@ -38,6 +38,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from flower_retries import retry_sooner  # deploy/, beside this script
+
 # Libraries a ClientApp message of this toolkit imports (besides its own code): loaded once,
 # in the parent. A library that is missing is skipped (the message imports it if it needs it).
 PRELOAD = (
@@ -65,22 +67,11 @@ def preload(modules: Sequence[str] = PRELOAD) -> dict[str, float]:
     return took
 
 
-# First and longest pause (s) between a message's object pulls that find an object not yet
-# there (Flower: 1 and 10).
-PULL_BACKOFF = (0.05, 0.5)
-
-
-def fast_object_pulls(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKOFF[1]) -> None:
-    """Make ``flwr-clientapp``'s pull of a message's objects retry after ``initial`` s (doubling
-    up to ``cap``) instead of Flower's 1 s."""
-    import functools
-
+def fast_object_pulls() -> None:
+    """Make ``flwr-clientapp``'s pull of a message's objects retry sooner (``flower_retries``)."""
     from flwr.supernode.runtime import run_clientapp as flower_clientapp
 
-    pull = flower_clientapp.pull_and_inflate_object_from_tree
-    flower_clientapp.pull_and_inflate_object_from_tree = functools.partial(  # type: ignore[assignment]
-        getattr(pull, "func", pull), initial_backoff=initial, backoff_cap=cap
-    )
+    retry_sooner(flower_clientapp, "pull_and_inflate_object_from_tree")
 
 
 def _child_reset() -> None:

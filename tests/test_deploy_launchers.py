@@ -22,6 +22,8 @@ from types import SimpleNamespace
 import pytest
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+if str(DEPLOY) not in sys.path:  # the launchers import flower_retries from beside them
+    sys.path.append(str(DEPLOY))
 
 
 def _module(name: str = "warm_superexec"):

@@ -92,7 +92,7 @@ def sample(patient: Patient, grid: SeriesGrid, through_plane: int = 3) -> dict[s
 
 
 def lattice(grid: SeriesGrid, k_offset: float = 0.0) -> Lattice:
-    """The grid's voxel centres (the points of ``grid_points``), shifted ``k_offset`` voxels
+    """The grid's voxel centres as a ``Lattice``, shifted ``k_offset`` voxels
     along the slice axis."""
     a = grid.affine
     return Lattice(a[:3, 3], a[:3, :3], grid.shape, k_offset)
@@ -101,11 +101,7 @@ def lattice(grid: SeriesGrid, k_offset: float = 0.0) -> Lattice:
 def grid_points(grid: SeriesGrid, k_offset: float = 0.0) -> np.ndarray:
     """LPS positions (N x 3, mm) of every voxel centre, in (i, j, k) C order; ``k_offset``
     shifts them along the slice axis (in voxels)."""
-    ni, nj, nk = grid.shape
-    a = grid.affine
-    plane = np.arange(ni)[:, None, None] * a[:3, 0] + np.arange(nj)[None, :, None] * a[:3, 1]
-    depth = (np.arange(nk) + k_offset)[:, None] * a[:3, 2] + a[:3, 3]
-    return (plane[:, :, None, :] + depth[None, None, :, :]).reshape(-1, 3)
+    return lattice(grid, k_offset).points()
 
 
 def bias_field(field: SmoothField, grid: SeriesGrid, amplitude: float) -> np.ndarray:
