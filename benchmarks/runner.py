@@ -84,6 +84,8 @@ SPECS: tuple[Spec, ...] = (
         quick=("--seeds", "2", "--seeds-large", "1"),
         workspace="coordinator_workspace",
     ),
+    # The demos a newcomer runs, in a fresh workspace each (issue 15 point 4).
+    Spec("demo_time", quick=("--plans", "quick"), full=("--plans", "quick", "full")),
     Spec("phantom_calibration", quick=None),
     # Hours on 2 cores: the runner reports the settings already finished in its cache
     # (run `python -m benchmarks.synthetic_value` itself to extend them).

@@ -14,7 +14,11 @@ the site's prevalence):
 * ``diffusion``: diffusion training length (600 vs 3000 steps, EMA 0.999 either way);
 * ``guidance``: the classifier-free guidance scale;
 * ``pooling``: synthetic cases of two sites (×1 each) vs one;
-* ``generator``: generator changes tried to close the gap (see ``GENERATOR_VARIANTS``).
+* ``generator``: generator changes tried to close the gap (see ``GENERATOR_VARIANTS``);
+* ``sampler``: a few-step sampler (issue 15: Heun on the rectified flow) instead of the
+  baseline's Euler steps, on the same trained network. The combined setting is measured with
+  each such sampler as well (``combined-SAMPLER-STEPS``), so a faster default is adopted only
+  if it keeps generation's value where it matters.
 
 Each setting gets: AUC and AP per condition and fraction (mean ± sd over paired seeds), the
 seed-level paired test (Wilcoxon on per-seed differences) with Holm correction over the six
@@ -79,6 +83,7 @@ class Size:
     fractions: tuple[float, ...]
     multipliers: tuple[int, ...]
     guidance: tuple[float, ...]  # besides the model's default
+    samplers: tuple[tuple[str, int], ...]  # (sampler, steps) besides the baseline's
 
 
 SIZES = {
@@ -96,6 +101,7 @@ SIZES = {
         fractions=(0.0625, 0.125),
         multipliers=(4, 16),
         guidance=(1.0, 3.5),
+        samplers=(("rflow-heun", 3),),
     ),
     # The test's size: every stage and lever runs, nothing is learned.
     "smallest": Size(
@@ -112,6 +118,7 @@ SIZES = {
         fractions=(0.25, 0.5),
         multipliers=(2,),
         guidance=(1.0,),
+        samplers=(("rflow-heun", 2),),
     ),
 }
 
@@ -138,14 +145,22 @@ class Setting:
     multiplier: int = 1
     positive_fraction: float | None = None  # None: the site's prevalence
     guidance: float | None = None  # None: the model's default
+    sampler: str | None = None  # None: the model's default (the baseline's, pinned below)
+    sampling_steps: int | None = None
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"generators": [g.name for g in self.generators]}
 
 
 # The baseline's diffusion settings (the demo's before this benchmark changed them), pinned so
-# that a later change of the profile defaults does not move the baseline.
-BASELINE_DIFFUSION: dict[str, Any] = {"guidance_scale": 2.0, "flip_augment": False}
+# that a later change of the profile defaults does not move the baseline. The sampler is part
+# of the trained model's config (its default at generation time).
+BASELINE_DIFFUSION: dict[str, Any] = {
+    "guidance_scale": 2.0,
+    "flip_augment": False,
+    "sampler": "rflow",
+    "sampling_steps": 25,
+}
 
 # Generator changes tried for issue 12 point 3: name -> (diffusion spec overrides, why).
 GENERATOR_VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
@@ -179,6 +194,17 @@ def settings_for(size: Size) -> list[Setting]:
     out += [
         Setting(f"guidance-{g:g}", "guidance", f"{g:g}", (base,), guidance=g) for g in size.guidance
     ]
+    out += [
+        Setting(
+            f"sampler-{name}-{steps}",
+            "sampler",
+            f"{name} {steps}",
+            (base,),
+            sampler=name,
+            sampling_steps=steps,
+        )
+        for name, steps in size.samplers
+    ]
     out.append(Setting("positives-0.5", "positives", "0.5", (base,), positive_fraction=0.5))
     out.append(
         Setting(
@@ -196,6 +222,7 @@ COMBINED_CHOICES = (
     ("guidance",),
     ("diffusion", "generator"),
     ("pooling",),
+    ("sampler",),
 )
 
 
@@ -248,8 +275,36 @@ def build_combined(size: Size, chosen: dict[str, str]) -> Setting:
     mult = next((p.multiplier for p in picks if p.lever == "count"), 1)
     pos = next((p.positive_fraction for p in picks if p.lever == "positives"), None)
     guid = next((p.guidance for p in picks if p.lever == "guidance"), None)
+    samp = next((p for p in picks if p.lever == "sampler"), None)
     value = "+".join(p.value for p in picks)
-    return Setting("combined", "combined", value, gens, mult, pos, guid)
+    return Setting(
+        "combined",
+        "combined",
+        value,
+        gens,
+        mult,
+        pos,
+        guid,
+        samp.sampler if samp else None,
+        samp.sampling_steps if samp else None,
+    )
+
+
+def combined_with_samplers(size: Size, combined: Setting) -> list[Setting]:
+    """The combined setting again with each of the size's few-step samplers (the same
+    generators, cases drawn with the same seed): what a faster default sampler costs where
+    generation's value is decided."""
+    return [
+        dataclasses.replace(
+            combined,
+            name=f"combined-{name}-{steps}",
+            value=f"{combined.value}+{name} {steps}",
+            sampler=name,
+            sampling_steps=steps,
+        )
+        for name, steps in size.samplers
+        if (name, steps) != (combined.sampler, combined.sampling_steps)
+    ]
 
 
 def chosen_in(path: Path) -> dict[str, str]:
@@ -272,6 +327,7 @@ def baseline_values(size: Size) -> dict[str, str]:
         "guidance": f"{BASELINE_DIFFUSION['guidance_scale']:g}",
         "pooling": "1 site",
         "generator": "base",
+        "sampler": f"{BASELINE_DIFFUSION['sampler']} {BASELINE_DIFFUSION['sampling_steps']}",
     }
 
 
@@ -478,9 +534,20 @@ def generate_setting(b: Bench, s: Setting) -> dict[str, Any]:
         pf = sum(labels) / len(labels) if s.positive_fraction is None else s.positive_fraction
         out = b.work / "settings" / s.name / "cases" / g.site
         t0 = time.perf_counter()
-        folders = generate(ws, n, pf, seed=0, guidance=s.guidance, out=out)
+        folders = generate(
+            ws,
+            n,
+            pf,
+            seed=0,
+            sampler=s.sampler,
+            guidance=s.guidance,
+            steps=s.sampling_steps,
+            out=out,
+        )
         record[g.site] = {
             "generator": g.name,
+            "sampler": s.sampler or "model default",
+            "sampling_steps": s.sampling_steps,
             "n": len(folders),
             "positive_fraction": round(pf, 4),
             "real_training_cases": len(labels),
@@ -693,11 +760,10 @@ def sweep(
     t0 = time.perf_counter()
     settings = settings_for(size)
     names = [s.name for s in settings]
-    unknown = sorted(set(only or ()) - {*names, "combined"})
+    combos = ["combined", *(f"combined-{n}-{k}" for n, k in size.samplers)]
+    unknown = sorted(set(only or ()) - {*names, *combos})
     if unknown:
-        raise InputError(
-            f"unknown setting(s) {unknown}", hint=f"choose from {[*names, 'combined']}"
-        )
+        raise InputError(f"unknown setting(s) {unknown}", hint=f"choose from {[*names, *combos]}")
     if not report_only:
         build_consortium(b)
     results: dict[str, Any] = {}
@@ -738,12 +804,24 @@ def sweep(
             why["baseline_val_auc"] = base_val
     else:
         combined, why = combined_setting(size, results)
-    combo_done = work / "settings" / "combined" / "result.json"
-    if combined is not None and (not only or "combined" in only) and not report_only:
-        results["combined"] = run_setting(b, combined)
-    elif combo_done.is_file():
-        results["combined"] = json.loads(combo_done.read_text())
     combined_record.update(why)
+    if combined is not None:
+        # "combined" in --only runs its sampler variants too: they share its generators.
+        runs = [combined, *combined_with_samplers(size, combined)]
+        for s in runs:
+            wanted = not only or s.name in only or "combined" in only
+            done = work / "settings" / s.name / "result.json"
+            if wanted and not report_only:
+                results[s.name] = run_setting(b, s)
+                if on_setting:
+                    on_setting(record())
+            elif done.is_file():
+                results[s.name] = json.loads(done.read_text())
+    else:
+        for name in combos:  # measured by an earlier run whose choice differed
+            done = work / "settings" / name / "result.json"
+            if done.is_file():
+                results[name] = json.loads(done.read_text())
     if report_only and not results:
         b.say(f"no finished setting in {work}: run without --report-only to measure them")
     return record()

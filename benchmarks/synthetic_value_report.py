@@ -19,7 +19,16 @@ COLORS = {
     "real-source": "tab:green",
     "none": "tab:gray",
 }
-LEVER_ORDER = ("count", "positives", "diffusion", "guidance", "pooling", "generator", "combined")
+LEVER_ORDER = (
+    "count",
+    "positives",
+    "diffusion",
+    "guidance",
+    "pooling",
+    "generator",
+    "sampler",
+    "combined",
+)
 PHANTOM_NOTE = "Phantom data: these figures check the machinery, not clinical truth."
 
 
@@ -99,6 +108,47 @@ def best_on_validation(settings: dict[str, Any]) -> str | None:
         if rec.get("synthetic_val_auc_mean") is not None and exportable(rec)
     ]
     return max(scored)[1] if scored else None
+
+
+def sampler_effects(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ``combined-SAMPLER`` variant against the combined setting it re-samples: the
+    synthetic condition's per-seed test AUC difference (variant - combined) per fraction with
+    the seed-level Wilcoxon test (same seeds, same generators, same external split)."""
+    from coordinator.study.stats import seed_level_test
+
+    settings = rec["settings"]
+    base = settings.get("combined")
+    if base is None:
+        return []
+    out = []
+    for name, s in settings.items():
+        if not name.startswith("combined-"):
+            continue
+        for f in rec["size_record"]["fractions"]:
+            keys = [
+                k
+                for k in s.get("per_seed_auc", {})
+                if k.startswith("synthetic-bpmri|") and abs(float(k.split("|")[1]) - f) < 1e-9
+            ]
+            diffs = [
+                s["per_seed_auc"][k] - base["per_seed_auc"][k]
+                for k in keys
+                if k in base.get("per_seed_auc", {})
+            ]
+            if not diffs:
+                continue
+            t = seed_level_test(diffs)
+            out.append(
+                {
+                    "setting": name,
+                    "fraction": f,
+                    "auc_diff_mean": round(t.mean_diff, 4),
+                    "p_seed_level": round(t.p_value, 4),
+                    "seeds": t.n,
+                    "better_seeds": t.n_better,
+                }
+            )
+    return out
 
 
 def render_markdown(rec: dict[str, Any]) -> str:
@@ -183,6 +233,21 @@ def render_markdown(rec: dict[str, Any]) -> str:
         ]
     elif combo.get("why"):
         lines += ["", f"**Combined setting**: not run ({combo['why']})."]
+    effects = sampler_effects(rec)
+    if effects:
+        lines += [
+            "",
+            "**Few-step sampler at the combined setting** (the same generators and seeds; "
+            "synthetic condition's test AUC, variant − combined, seed-level Wilcoxon):",
+            "",
+            "| setting | fraction | AUC difference | seeds better | p |",
+            "|---|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {e['setting']} | {_frac(e['fraction'])} | {e['auc_diff_mean']:+.3f} | "
+            f"{e['better_seeds']} / {e['seeds']} | {e['p_seed_level']:.3g} |"
+            for e in effects
+        ]
     if rec.get("variants"):
         lines += ["", "Generator changes tried:", ""]
         lines += [f"- `{k}`: {v['why']} ({v['overrides']})" for k, v in rec["variants"].items()]
@@ -289,6 +354,7 @@ def write_report(rec: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rec["figures"] = figures(rec)
     rec["best_on_validation"] = best_on_validation(rec["settings"])
+    rec["sampler_effects"] = sampler_effects(rec)
     paths = [out / "synthetic_value.json", out / "synthetic_value.md", out / "synthetic_value.png"]
     atomic_write_json(paths[0], rec)
     atomic_write_text(paths[1], render_markdown(rec))

@@ -59,6 +59,7 @@ def test_goal_needs_every_fraction():
 def test_every_lever_of_the_issue_is_swept():
     levers = {s.lever for s in sv.settings_for(sv.SIZES["full"])}
     assert {"baseline", "count", "positives", "diffusion", "guidance", "pooling"} <= levers
+    assert "sampler" in levers  # issue 15's few-step default is judged here too
     full = {s.name: s for s in sv.settings_for(sv.SIZES["full"])}
     assert {full["count-x4"].multiplier, full["count-x16"].multiplier} == {4, 16}
     assert len(full["pooled-2-sites"].generators) == 2
@@ -95,20 +96,28 @@ def test_sweep_runs_end_to_end_and_resumes(tmp_path: Path):
     done = {p: p.stat().st_mtime_ns for p in (work / "settings").glob("*/result.json")}
     cells = len(list((work / "study" / "cells").rglob("*.json")))
     sv.main(["--size", "smallest", "--work", str(work), "--out", str(out), "--only",
-             "baseline", "pooled-2-sites"])  # fmt: skip
+             "baseline", "pooled-2-sites", "sampler-rflow-heun-2"])  # fmt: skip
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())
     rec = json.loads((out / "synthetic_value.json").read_text())
     # the report keeps count-x2, measured before and left out of --only
-    assert set(rec["settings"]) == {"baseline", "count-x2", "pooled-2-sites"}
+    new = {"pooled-2-sites", "sampler-rflow-heun-2"}
+    assert set(rec["settings"]) == {"baseline", "count-x2", *new}
     pooled = rec["settings"]["pooled-2-sites"]["generation"]
     assert set(pooled) == {"aurora", "borealis"}
-    # only the new setting's synthetic cells were added (2 fractions x 2 seeds)
-    assert len(list((work / "study" / "cells").rglob("*.json"))) == cells + 4
+    # the sampler lever re-samples the baseline's network with the few-step sampler, and the
+    # cases' provenance says so
+    heun = rec["settings"]["sampler-rflow-heun-2"]["generation"]["aurora"]
+    assert (heun["sampler"], heun["sampling_steps"]) == ("rflow-heun", 2)
+    case = next((work / "settings" / "sampler-rflow-heun-2" / "cases" / "aurora").iterdir())
+    prov = json.loads((case / "case.json").read_text())["provenance"]
+    assert (prov["sampler"], prov["steps"]) == ("rflow-heun", 2)
+    # only the new settings' synthetic cells were added (2 fractions x 2 seeds each)
+    assert len(list((work / "study" / "cells").rglob("*.json"))) == cells + 4 * len(new)
 
     # --report-only trains nothing and reports what is finished
     sv.main(["--size", "smallest", "--work", str(work), "--out", str(out), "--report-only"])
     rec = json.loads((out / "synthetic_value.json").read_text())
-    assert set(rec["settings"]) == {"baseline", "count-x2", "pooled-2-sites"}
+    assert set(rec["settings"]) == {"baseline", "count-x2", *new}
     assert not rec["complete"]
 
 
@@ -144,6 +153,49 @@ def test_combined_setting_takes_each_levers_best_exportable_value_on_validation(
     assert alone is None and "only count-x4" in why["why"]
     none, why = sv.combined_setting(size, {"count-x4": _measured(0.7)})
     assert none is None and "baseline" in why["why"]
+
+
+def test_combined_setting_is_remeasured_with_each_few_step_sampler():
+    size = sv.SIZES["full"]
+    combo = sv.build_combined(size, {"count": "count-x4", "guidance": "guidance-1"})
+    assert combo.sampler is None  # the generator's own default: the pinned baseline sampler
+    variants = sv.combined_with_samplers(size, combo)
+    assert [(v.name, v.sampler, v.sampling_steps) for v in variants] == [
+        ("combined-rflow-heun-3", "rflow-heun", 3)
+    ]
+    # everything but the sampler is the combined setting's
+    assert variants[0].generators == combo.generators
+    assert (variants[0].multiplier, variants[0].guidance) == (4, 1.0)
+    # a combination that already chose that sampler is not measured twice
+    picked = sv.build_combined(size, {"count": "count-x4", "sampler": "sampler-rflow-heun-3"})
+    assert (picked.sampler, picked.sampling_steps) == ("rflow-heun", 3)
+    assert sv.combined_with_samplers(size, picked) == []
+
+
+def test_sampler_effect_is_the_paired_per_seed_difference():
+    from benchmarks.synthetic_value_report import sampler_effects
+
+    def per_seed(aucs):
+        return {f"synthetic-bpmri|0.0625|{k}": a for k, a in enumerate(aucs)} | {
+            f"none|0.0625|{k}": 0.5 for k in range(len(aucs))
+        }
+
+    base = [0.70, 0.72, 0.68, 0.75, 0.71, 0.69, 0.73, 0.74, 0.70, 0.72]
+    worse = [a - 0.05 + 0.001 * k for k, a in enumerate(base)]
+    rec = {
+        "size_record": {"fractions": [0.0625]},
+        "settings": {
+            "combined": {"per_seed_auc": per_seed(base)},
+            "combined-rflow-heun-3": {"per_seed_auc": per_seed(worse)},
+        },
+    }
+    (eff,) = sampler_effects(rec)
+    assert eff["setting"] == "combined-rflow-heun-3" and eff["seeds"] == 10
+    assert eff["auc_diff_mean"] == pytest.approx(-0.0455, abs=1e-4)
+    assert eff["better_seeds"] == 0 and eff["p_seed_level"] < 0.01  # 10 of 10 worse
+    rec["settings"]["combined-rflow-heun-3"]["per_seed_auc"] = per_seed(base)
+    (same,) = sampler_effects(rec)
+    assert same["auc_diff_mean"] == 0 and same["p_seed_level"] == 1.0
 
 
 def test_combined_choice_can_be_taken_from_an_earlier_run(tmp_path):
