@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
 
 # issue 15 point 4
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rec = {
         "benchmark": "demo_time",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores",
+        "machine": cpus_line(),
         "note": PHANTOM_NOTE,
         "runs": runs,
         "figures": figures(runs),

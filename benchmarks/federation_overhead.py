@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import cpu_model
 from coordinator.federation.checkpoints import METRIC_COLUMNS
 from shared.atomic import atomic_write_json
 
@@ -428,6 +429,7 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "load-average": os.getloadavg(),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
 
 MAX_GIB = 20.0  # set from --max-gib in main()
@@ -128,7 +128,7 @@ def _machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+    return f"{cpus_line()}, {gpu}, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.figures import INGEST_TARGET
+from benchmarks.host import cpu_model
 from shared.dicom.reader import load_volume
 from shared.dicom.scan import ScanResult, StudyInfo, scan
 from shared.ingest.dicom_ingest import ingest_scan
@@ -430,7 +431,11 @@ def run(n_cases: int, profile: str, seed: int, work: Path, repeat: int) -> dict[
     tree = work / "tree"
     res: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "platform": platform.platform(),
+        },
         "config": {
             "cases": n_cases,
             "profile": profile,

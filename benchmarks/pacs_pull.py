@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import cpu_model
 from shared.atomic import atomic_write_json
 from shared.phantom.consortium import generate_site
 from site_agent.ingest.credentials import Credentials
@@ -200,7 +201,8 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             "config": {"studies": args.studies, "profile": args.profile,
                        "institution": args.institution, "concurrency": args.concurrency,
                        "instances_in_pacs": n_up, "phantom_seconds": phantom_s},
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                        "platform": platform.platform(),
                         "load-average": os.getloadavg()},
             "ours": {}, "peers": {},
         }  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.host import cpus_line
 from coordinator.study.config import load_study_config
 from coordinator.study.report import cell_metrics
 from coordinator.study.run import run_study
@@ -115,7 +116,7 @@ def main() -> None:
         "benchmark": "phantom_calibration",
         "note": "phantom data: checks the machinery, not clinical truth",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores",
+        "machine": cpus_line(),
         "cases": args.cases,
         "profile": args.profile,
         "seeds": args.seeds,

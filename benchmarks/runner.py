@@ -29,12 +29,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from benchmarks.figures import Figure, extract, fmt
+from benchmarks.host import cpu_model
 from shared.atomic import atomic_write_json, atomic_write_text
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
-NOT_BENCHMARKS = {"runner", "figures"}  # modules of this package that are not benchmarks
+NOT_BENCHMARKS = {"runner", "figures", "host"}  # modules of this package that are not benchmarks
 COLUMNS = ("benchmark", "figure", "ours", "peer", "peer value", "ratio", "target", "met?")
 
 
@@ -226,6 +227,7 @@ def machine() -> dict[str, Any]:
         pass
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
         **info,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -235,7 +237,8 @@ def machine() -> dict[str, Any]:
 
 def describe(m: dict[str, Any]) -> str:
     gpu = f"{m['gpus']}× {m['gpu']}" if m.get("gpu") else "no GPU"
-    return f"{m['cpus']} CPU cores, {gpu}, torch {m.get('torch')}, Python {m['python']}"
+    cpu = f" ({m['cpu_model']})" if m.get("cpu_model") else ""
+    return f"{m['cpus']} CPU cores{cpu}, {gpu}, torch {m.get('torch')}, Python {m['python']}"
 
 
 # --- the table ------------------------------------------------------------------------------

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
 from shared.profiles import get_profile
 from site_agent.generative import autoencoder as ae
@@ -104,7 +104,7 @@ def main() -> None:
     record = {
         "benchmark": "sampling_cost",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}",
+        "machine": f"{cpus_line()}, {gpu}, torch {torch.__version__}",
         "profile": prof.name,
         "weights": "random initialisation (timing only; quality: benchmarks.sampling_speed)",
         "diffusion_parameters": sum(p.numel() for p in den.parameters()),

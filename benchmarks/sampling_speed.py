@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from benchmarks.figures import SPEEDUP_TARGET
+from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
 from shared.errors import InputError
 from shared.weights import load_weights
@@ -191,8 +192,7 @@ def main() -> None:
     record = {
         "benchmark": "sampling_speed",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores, "
-        + ("CUDA" if torch.cuda.is_available() else "no GPU"),
+        "machine": f"{cpus_line()}, " + ("CUDA" if torch.cuda.is_available() else "no GPU"),
         "load_average_at_end": round(os.getloadavg()[0], 2),
         "profile": prof.name,
         "diffusion_train_steps": train_steps,

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json, atomic_write_text
 from shared.errors import InputError
 
@@ -162,7 +162,7 @@ def main() -> None:
     record = {
         "benchmark": "study_grid",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores",
+        "machine": cpus_line(),
         "grid": {
             "conditions": 5,
             "fractions": list(FRACTIONS),

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
 from shared.errors import InputError
 
@@ -852,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def report(rec: dict[str, Any]) -> list[Path]:
         rec["date"] = time.strftime("%Y-%m-%d")
-        rec["machine"] = f"{os.cpu_count()} CPU cores"
+        rec["machine"] = cpus_line()
         return write_report(rec, args.out)
 
     rec = sweep(

@@ -363,3 +363,20 @@ def test_quick_run_of_the_cheapest_benchmark(tmp_path: Path) -> None:
     md = (out / "benchmarks.md").read_text()
     assert "| generative_training | latent volumes/s (tiny profile on" in md
     assert "latent volumes/s" in proc.stdout
+
+
+def test_cpu_model_names_the_widest_vector_unit() -> None:
+    from benchmarks.host import cpu_model
+
+    amd = "processor\t: 0\nmodel name\t: AMD  EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    intel = (
+        "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: avx2 avx512f amx_bf16 amx_tile\n"
+        "processor\t: 1\nmodel name\t: Intel Xeon\nflags\t\t: avx2 avx512f amx_bf16 amx_tile\n"
+    )
+    assert cpu_model(amd) == "AMD EPYC (avx2)"
+    assert cpu_model(intel) == "Intel Xeon (amx_bf16)"
+    assert cpu_model("") == "unknown CPU"
+    described = runner.describe(
+        {"cpus": 2, "cpu_model": "AMD EPYC (avx2)", "gpu": None, "torch": "2", "python": "3"}
+    )
+    assert described.startswith("2 CPU cores (AMD EPYC (avx2)), no GPU")
