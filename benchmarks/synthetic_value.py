@@ -349,6 +349,9 @@ class Bench:
     work: Path
     size: Size
     log: list[str] = field(default_factory=list)
+    # Only the synthetic condition's cells: for comparing settings with each other (e.g. two
+    # samplers on the same generators) where the controls' cells cost too much to run again.
+    synthetic_only: bool = False
 
     def say(self, text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
@@ -598,6 +601,19 @@ def _study_toml(b: Bench, s: Setting) -> Path:
         return json.dumps(str(p.resolve()))
 
     models = b.site_ws(SOURCE) / "models"
+    controls = (
+        ""
+        if b.synthetic_only
+        else f"""[conditions.none]
+kind = "none"
+[conditions.real-source]
+kind = "weights"
+weights = {q(models / "classifier-real-bpmri")}
+[conditions.reconstructed-source]
+kind = "weights"
+weights = {q(models / "classifier-reconstructed-bpmri")}
+"""
+    )
     cases = [q(b.work / "settings" / s.name / "cases" / g.site) for g in s.generators]
     text = f"""# benchmarks.synthetic_value, setting {s.name}. Phantom data: machinery, not truth.
 [study]
@@ -614,15 +630,7 @@ steps = {sz.study_pretrain_steps}
 [finetune]
 steps = {sz.study_finetune_steps}
 
-[conditions.none]
-kind = "none"
-[conditions.real-source]
-kind = "weights"
-weights = {q(models / "classifier-real-bpmri")}
-[conditions.reconstructed-source]
-kind = "weights"
-weights = {q(models / "classifier-reconstructed-bpmri")}
-[conditions."syn-{s.name}"]
+{controls}[conditions."syn-{s.name}"]
 kind = "pretrain"
 cases = [{", ".join(cases)}]
 """
@@ -658,7 +666,11 @@ def study_setting(b: Bench, s: Setting) -> dict[str, Any]:
         "comparisons": comps,
         "synthetic_val_auc_mean": sum(val) / len(val) if val else None,
         "per_seed_auc": per_seed,
-        "goal": goal_check(summary, comps, b.size.fractions),
+        "goal": (
+            {"met": None, "why": "controls not run (--synthetic-only)"}
+            if b.synthetic_only
+            else goal_check(summary, comps, b.size.fractions)
+        ),
     }
 
 
@@ -704,6 +716,9 @@ def run_setting(b: Bench, s: Setting) -> dict[str, Any]:
         if "memorisation" not in rec:  # a setting finished before the screen was added
             rec["memorisation"] = screen_setting(b, s)
             changed = True
+        if rec.get("synthetic_only") and not b.synthetic_only:  # now with the controls
+            rec |= study_setting(b, s) | {"synthetic_only": False}
+            changed = True
         if changed:
             atomic_write_json(done, rec)
         return rec
@@ -725,6 +740,7 @@ def run_setting(b: Bench, s: Setting) -> dict[str, Any]:
         "diagnostics": diag,
         "memorisation": memo,
         **study,
+        "synthetic_only": b.synthetic_only,
         "seconds": {k: round(v, 1) for k, v in t.items()},
     }
     atomic_write_json(done, rec)
@@ -743,6 +759,7 @@ def sweep(
     on_setting: Callable[[dict[str, Any]], None] | None = None,
     report_only: bool = False,
     combined_from: Path | None = None,
+    synthetic_only: bool = False,
 ) -> dict[str, Any]:
     """Run (or continue) the sweep; ``on_setting`` gets the record so far after each setting
     (so a killed run leaves a current report). ``report_only`` reads finished settings and
@@ -756,7 +773,7 @@ def sweep(
     if marker.is_file() and json.loads(marker.read_text()).get("size") != size_name:
         raise InputError(f"{work} holds a sweep of another size", hint="use another --work folder")
     atomic_write_json(marker, {"size": size_name, "record": dataclasses.asdict(size)})
-    b = Bench(work, size)
+    b = Bench(work, size, synthetic_only=synthetic_only)
     t0 = time.perf_counter()
     settings = settings_for(size)
     names = [s.name for s in settings]
@@ -847,6 +864,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="results JSON of an earlier run: re-measure the combined setting it chose on "
         "validation (e.g. after a generator change) without sweeping every lever again",
     )
+    ap.add_argument(
+        "--synthetic-only",
+        action="store_true",
+        help="study only the synthetic condition (no none / real-source / reconstructed-source "
+        "cells, so no goal check): compares settings with each other, e.g. the combined "
+        "setting's samplers, at a third of the cost",
+    )
     args = ap.parse_args(argv)
     work = args.work or Path("benchmarks/work") / f"synthetic_value-{args.size}"
 
@@ -862,6 +886,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         on_setting=report,
         report_only=args.report_only,
         combined_from=args.combined_from,
+        synthetic_only=args.synthetic_only,
     )
     paths = report(rec)
     print(

@@ -174,12 +174,17 @@ def render_markdown(rec: dict[str, Any]) -> str:
     for name, s in rec["settings"].items():
         summ, goal = s["summary"], s["goal"]
         for f in fr:
-            g = goal[f"{f:g}"]
+            g = goal.get(f"{f:g}")
+            tests = (
+                f"{g['vs_none_p_holm']:.3g} | {g['vs_reconstructed_p_holm']:.3g} | "
+                + ("met" if g["met"] else "not met")
+                if g
+                else "– | – | controls not run"
+            )
             lines.append(
                 f"| {name} | {s['setting']['lever']} | {_frac(f)} | "
                 + " | ".join(_ms(_row(summ, c, f)) for c in CONDITIONS)
-                + f" | {g['vs_none_p_holm']:.3g} | {g['vs_reconstructed_p_holm']:.3g}"
-                f" | {'met' if g['met'] else 'not met'} | {_num(s['synthetic_val_auc_mean'])} |"
+                + f" | {tests} | {_num(s['synthetic_val_auc_mean'])} |"
             )
     lines += [
         "",
@@ -208,11 +213,12 @@ def render_markdown(rec: dict[str, Any]) -> str:
     best = best_on_validation(rec["settings"])
     if best:
         g = rec["settings"][best]["goal"]
+        verdict = {True: "met", False: "not met", None: "not checked (controls not run)"}
         lines += [
             "",
             f"**Chosen on validation**: `{best}` (mean external-validation AUC of its synthetic "
             f"condition {rec['settings'][best]['synthetic_val_auc_mean']:.3f}); on the test "
-            f"split the goal is **{'met' if g['met'] else 'not met'}**.",
+            f"split the goal is **{verdict[g['met']]}**.",
         ]
     combo = rec.get("combined") or {}
     picked = ", ".join(f"{lv}: `{n}`" for lv, n in (combo.get("chosen") or {}).items())
@@ -324,7 +330,9 @@ def figures(rec: dict[str, Any]) -> list[dict[str, Any]]:
     s = rec["settings"][best]
     out = []
     for f in rec["size_record"]["fractions"]:
-        g = s["goal"][f"{f:g}"]
+        g = s["goal"].get(f"{f:g}")
+        if g is None:  # studied without the controls (--synthetic-only)
+            continue
         out.append(
             {
                 "name": f"synthetic - reconstructed-source AUC at {_frac(f)} "

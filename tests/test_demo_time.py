@@ -49,7 +49,7 @@ def _fake_coordinator(tmp_path: Path, rc: int) -> Path:
     a timing."""
     script = tmp_path / "fake_coordinator.py"
     script.write_text(
-        f"""import json, sys, pathlib
+        f"""import json, sys, pathlib, time
 ws = pathlib.Path(sys.argv[sys.argv.index("-w") + 1])
 if ws.exists():
     sys.exit("stale workspace")
@@ -57,6 +57,7 @@ if {rc}:
     print("error: something broke", file=sys.stderr)
     sys.exit({rc})
 ws.mkdir(parents=True)
+time.sleep(0.3)  # long enough that the measured wall time shows it
 quick = "--quick" in sys.argv
 study = [{{"condition": "none", "fraction": 1.0, "auc_mean": 0.8 if quick else 0.9}}]
 (ws / "demo-summary.json").write_text(json.dumps({{
@@ -78,7 +79,7 @@ def test_runs_the_demo_fresh_and_writes_figures(tmp_path, monkeypatch):
     assert [r["plan"] for r in rec["runs"]] == ["quick", "full"]
     assert rec["runs"][0]["command"][:3] == ["coordinator", "demo", "--quick"]
     assert rec["runs"][0]["step_seconds"] == {"study": 1.0}
-    assert all(r["wall_seconds"] > 0 for r in rec["runs"])
+    assert all(r["wall_seconds"] >= 0.3 for r in rec["runs"])  # the fake sleeps 0.3 s
     names = [f["name"] for f in rec["figures"]]
     assert len(names) == 3 and "not clinical truth" in rec["note"]
     assert (work / "demo-full" / "demo-summary.json").is_file()  # --keep

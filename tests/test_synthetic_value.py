@@ -218,3 +218,34 @@ def test_combined_choice_can_be_taken_from_an_earlier_run(tmp_path):
         sv.build_combined(size, sv.chosen_in(earlier))
     with pytest.raises(InputError, match="no combined choice"):
         sv.chosen_in(tmp_path / "missing.json")
+
+
+def test_synthetic_only_studies_just_the_synthetic_condition_and_reports_no_goal(tmp_path):
+    from benchmarks.synthetic_value_report import figures, render_markdown
+
+    size = sv.SIZES["smallest"]
+    combo = sv.build_combined(size, {"count": "count-x2", "guidance": "guidance-1"})
+    (tmp_path / "settings" / "combined").mkdir(parents=True)
+    both = sv._study_toml(sv.Bench(tmp_path, size), combo).read_text()
+    alone = sv._study_toml(sv.Bench(tmp_path, size, synthetic_only=True), combo).read_text()
+    assert "[conditions.none]" in both and "[conditions.reconstructed-source]" in both
+    assert "[conditions.none]" not in alone and "real-source" not in alone
+    assert '[conditions."syn-combined"]' in alone
+    row = {"condition": "synthetic-bpmri", "fraction": 0.25, "auc_mean": 0.7, "auc_sd": 0.1}
+    rec = {
+        "size": "smallest",
+        "size_record": {"fractions": [0.25], "seeds": 2, "profile": "tiny"},
+        "settings": {
+            "combined": {
+                "setting": {"lever": "combined", "value": "x2+1"},
+                "summary": [row],
+                "goal": {"met": None, "why": "controls not run (--synthetic-only)"},
+                "synthetic_val_auc_mean": 0.6,
+                "generation": {},
+                "synthetic_only": True,
+            }
+        },
+    }
+    md = render_markdown(rec)
+    assert "controls not run" in md and "0.700 ± 0.100" in md
+    assert figures(rec) == []  # no goal figures without the controls
