@@ -150,6 +150,32 @@ def grid_affine(
     return affine
 
 
+def _crop_to_grid(
+    src: sitk.Image,
+    vol: Volume,
+    affine: np.ndarray,
+    size: tuple[int, int, int],
+    margin_mm: np.ndarray,
+) -> sitk.Image:
+    """``src`` (the SimpleITK image of ``vol``) cut to the box of source voxels that the grid
+    (``affine``, ``size``) covers, widened by ``margin_mm`` per source axis; physical positions
+    are kept, so resampling the crop equals resampling the whole where the grid lies."""
+    import SimpleITK as sitk
+
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in size], indexing="ij")).reshape(3, -1)
+    world = np.asarray(affine)[:3, :3] @ corners + np.asarray(affine)[:3, 3:4]
+    inv = np.linalg.inv(vol.affine)
+    idx = inv[:3, :3] @ world + inv[:3, 3:4]  # (i, j, k) of the array, continuous
+    pad = np.ceil(np.asarray(margin_mm) / vol.spacing) + 2
+    shape = np.asarray(vol.array.shape)
+    lo = np.clip(np.floor(idx.min(axis=1) - pad), 0, shape - 1).astype(int)
+    hi = np.clip(np.ceil(idx.max(axis=1) + pad), 0, shape - 1).astype(int)
+    if np.all(lo == 0) and np.all(hi == shape - 1):
+        return src
+    # SimpleITK indexes (x, y, z) = the array's (i, j, k) as Volume.to_sitk lays them out
+    return sitk.RegionOfInterest(src, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
+
+
 def resample(
     vol: Volume,
     affine: np.ndarray,
@@ -181,6 +207,9 @@ def resample(
             # Express the smoothing in the source's own axes (SimpleITK smooths per image axis).
             sigma_src = np.abs(src_dir.T @ tgt_dir) @ sigma_tgt
             sigma_src = np.maximum(sigma_src, 1e-3)
+            # Smooth only what the target grid can see (plus the kernel's reach): a T2 of
+            # 0.6 mm voxels is often twice the target's field of view.
+            src = _crop_to_grid(src, vol, affine, size, margin_mm=6.0 * sigma_src)
             src = sitk.SmoothingRecursiveGaussian(src, [float(s) for s in sigma_src])
     ref = Volume(np.zeros(size, dtype=np.float32), affine).to_sitk()
     interp = {

@@ -15,7 +15,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from shared.dicom import headers
 from shared.dicom.bounded_header import read_bounded
@@ -61,6 +66,10 @@ def test_bounded_reads_are_used_and_pixels_match_pydicom(phantom_sites):
             assert np.array_equal(direct.array, decoded.array), role
             assert np.array_equal(direct.affine, decoded.affine)
     assert native > 0, "no frame took the direct pixel path"
+    # every classic file takes the bounded read; only enhanced multi-frame ones fall back
+    dicom = [f for s in result.studies for v in s.volumes for f in v.frames]
+    fallback = {f.path for f in dicom if read_bounded(f.path) is None}
+    assert fallback and all(f.frame is not None for f in dicom if f.path in fallback)
 
 
 def test_pydicom_test_files_read_the_same():
@@ -140,6 +149,16 @@ def test_sequences_charsets_and_private_blocks_are_followed(tmp_path):
     assert got[0].series_description == "t2_tse_tra Größe"
     assert got[0].b_value == 1400.0 and got[0].b_source == "siemens-private"
     assert got[0].pixel_dtype == "<i2" and got[0].rescale == (2.5, -100.0)
+
+
+def test_implicit_vr_files_are_read_bounded(tmp_path):
+    # The meta group is explicit VR and the data set after it is not: the reader must see
+    # where the meta group ends before it reads the next element (it once fell back here).
+    path = _mr(tmp_path, "implicit.dcm", transfer_syntax=ImplicitVRLittleEndian)
+    assert read_bounded(path) is not None
+    got = headers.read_headers(path)
+    assert got == _pydicom_only(path)
+    assert got[0].pixel_offset is not None
 
 
 def test_direct_pixels_equal_pydicom_with_signed_values_and_rescale(tmp_path):
