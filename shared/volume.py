@@ -170,6 +170,11 @@ def _crop_to_grid(
     shape = np.asarray(vol.array.shape)
     lo = np.clip(np.floor(idx.min(axis=1) - pad), 0, shape - 1).astype(int)
     hi = np.clip(np.ceil(idx.max(axis=1) + pad), 0, shape - 1).astype(int)
+    # SimpleITK's recursive Gaussian needs at least 4 voxels along each axis: a grid that only
+    # grazes the source's edge still gets them
+    short = hi - lo + 1 < 4
+    lo = np.where(short, np.clip(hi - 3, 0, None), lo)
+    hi = np.where(short, np.minimum(lo + 3, shape - 1), hi)
     if np.all(lo == 0) and np.all(hi == shape - 1):
         return src
     # SimpleITK indexes (x, y, z) = the array's (i, j, k) as Volume.to_sitk lays them out
