@@ -198,8 +198,8 @@ def test_unknown_ae_title_is_one_line_exit_3(pacs, tmp_path):
             PACS_AE,
             "--calling-ae",
             "STRANGER",
-            "--retries",
-            "0",
+            "--retries",  # a rejection is final; retries only absorb a busy machine's hiccup
+            "2",
         ]
     )
     _one_line_error(proc, 3, "rejected the association from AE title 'STRANGER'")

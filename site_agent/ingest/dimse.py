@@ -229,7 +229,12 @@ class DimseSource:
                     hint="the PACS must list this AE title (and host) as a known modality, "
                     "and --called-ae must be the PACS's own AE title",
                 )
-            raise ConnectionError("no association (connection refused, reset or timed out)")
+            if assoc.is_aborted:  # seen under load where a reject races the socket close
+                raise ConnectionError("the association was aborted while it was negotiated")
+            raise ConnectionError(
+                f"no association (connection refused, reset or no answer within "
+                f"{self.limits.timeout_s:g} s)"
+            )
 
         assoc = with_retries(what, connect, self.limits, (ConnectionError,), self.label)
         try:
