@@ -68,11 +68,12 @@ def test_small_cnn_is_monai_classifier(in_channels: int, grid: tuple[int, int, i
     back.load_state_dict(ours.state_dict())  # and the other way round
 
 
-def test_small_cnn_does_not_import_monai() -> None:
+@pytest.mark.parametrize("network", ["small-cnn", "small-cnn-pool"])
+def test_small_cnn_does_not_import_monai(network: str) -> None:
     code = (
         "import sys\n"
         "from shared.classifier.networks import build_classifier\n"
-        "build_classifier('small-cnn', 3, (24, 24, 12))\n"
+        f"build_classifier({network!r}, 3, (24, 24, 12))\n"
         "assert 'monai' not in sys.modules, sorted(m for m in sys.modules if 'monai' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -99,3 +100,38 @@ def test_plain_adamw_matches_torch_optim_bit_for_bit() -> None:
             opt.step()
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _lesion_at(x0: int) -> torch.Tensor:
+    """A bright 4-voxel cube on an empty 96 x 32 x 32 grid, its x position given."""
+    x = torch.zeros(1, 3, 96, 32, 32)
+    x[0, :, x0 : x0 + 4, 14:18, 14:18] = 1.0
+    return x
+
+
+def test_pooled_head_scores_a_finding_the_same_wherever_it_lies() -> None:
+    """Moved by the network's total stride (16 voxels), away from the borders, a finding gives
+    the pooled head the same feature values in other places: the same score. The flatten
+    head (MONAI's) weighs each place on its own and scores the two differently."""
+    x = torch.cat([_lesion_at(30), _lesion_at(62)])
+    scores = {}
+    for network in ("small-cnn", "small-cnn-pool"):
+        torch.manual_seed(0)
+        model = build_classifier(network, 3, (96, 32, 32)).eval()
+        with torch.no_grad():
+            scores[network] = model(x).reshape(-1)
+    assert torch.allclose(scores["small-cnn-pool"][0], scores["small-cnn-pool"][1], atol=1e-6)
+    assert abs(float(scores["small-cnn"][0] - scores["small-cnn"][1])) > 1e-3
+
+
+def test_pooled_head_shares_the_trunk_but_not_the_head() -> None:
+    """The trunk's keys and shapes are the flatten network's; the head takes each channel's
+    mean and max, so its weights cannot be loaded from a flatten network by mistake."""
+    flat = build_classifier("small-cnn", 3, (24, 24, 12)).state_dict()
+    pool = build_classifier("small-cnn-pool", 3, (24, 24, 12)).state_dict()
+    trunk = [k for k in flat if not k.startswith("final.")]
+    assert trunk == [k for k in pool if not k.startswith("final.")]
+    assert all(flat[k].shape == pool[k].shape for k in trunk)
+    assert tuple(pool["final.1.weight"].shape) == (1, 2 * CHANNELS[-1])
+    with pytest.raises(RuntimeError):
+        build_classifier("small-cnn-pool", 3, (24, 24, 12)).load_state_dict(flat)

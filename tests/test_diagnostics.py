@@ -13,6 +13,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from shared.case_format import list_cases, read_case
+from shared.profiles import get_profile
 from site_agent.generative import diagnostics as dg
 from site_agent.generative.pipeline import model_dir
 from tests.test_fidelity_report import GRID, _write, make_real, train_tiny_autoencoder
@@ -125,7 +126,7 @@ def test_faithful_copy_keeps_the_labels_and_covers_the_real_cases(faithful):
         matched = pr["synthetic_at_heldout_size"]
         assert matched["n_synthetic"] == len(HELD_OUT) and matched["recall"] < 1.0
     st = faithful["settings"]
-    assert st["k"] == 3 and st["classifier"]["network"] == "small-cnn"
+    assert st["k"] == 3 and st["classifier"]["network"] == get_profile("tiny").classifier.network
     assert st["classifier"]["steps"] == 30 and st["split"] == "models/generative/holdout.json"
     assert st["cases"]["real_train"] == N_REAL - len(HELD_OUT)
     json.dumps(faithful)  # JSON-able

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.profiles import get_profile
 from tests.federation_support import make_consortium, make_site, write_fed_toml
 
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -391,7 +392,7 @@ def test_simulated_federation_rejects_nan_stops_and_resumes(tmp_path):
     # phase 1 (one pretraining round) is over: its global model is a classifier weights folder
     pretrained = json.loads((out / "pretrained" / "config.json").read_text())
     assert (pretrained["network"], pretrained["in_channels"], pretrained["grid_size"]) == (
-        "small-cnn",
+        get_profile("tiny").classifier.network,  # the fed.toml names none: the profile's
         3,
         [24, 24, 12],
     )

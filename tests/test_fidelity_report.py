@@ -276,7 +276,9 @@ def test_report_says_whether_the_set_is_worth_exporting(workspace, report):
     for v in d["precision_recall"].values():
         assert 0 <= v["synthetic"]["precision"] <= 1 and 0 <= v["synthetic"]["recall"] <= 1
     st = d["settings"]
-    assert st["k"] == 3 and st["seed"] == 0 and st["classifier"]["network"] == "small-cnn"
+    assert (
+        st["k"] == 3 and st["seed"] == 0 and st["classifier"]["network"] == TINY.classifier.network
+    )
     assert st["split"].startswith("made here")  # this workspace has no holdout.json
     assert report["seconds"]["diagnostics"] < report["seconds"]["total"]
 

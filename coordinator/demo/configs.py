@@ -10,6 +10,7 @@ from pathlib import Path
 
 from coordinator.demo.plan import DemoPlan
 from shared.atomic import atomic_write_text
+from shared.profiles import get_profile
 
 CONDITIONS = (
     "none",
@@ -36,7 +37,7 @@ def write_fed_toml(plan: DemoPlan, coord: Path, sites: dict[str, Path]) -> Path:
 out = "fed-out"
 mode = "simulation"
 profile = "{plan.profile}"
-network = "small-cnn"
+network = "{get_profile(plan.profile).classifier.network}"
 sequences = ["t2w", "hbv", "adc"]
 seed = 0
 round-timeout = 600

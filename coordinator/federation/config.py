@@ -7,7 +7,7 @@
     out = "fed-out"              # checkpoints, metrics.csv, metrics.png, final model
     mode = "simulation"          # or "deployment"
     profile = "tiny"             # case grid (the study's profiles)
-    network = "small-cnn"
+    network = "small-cnn"        # default: the profile's classifier network
     sequences = ["t2w", "hbv", "adc"]
     seed = 0
     round-timeout = 300          # seconds to wait for each exchange of a round, never more
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InputError
+from shared.profiles import get_profile
 from shared.toml_files import read_toml
 
 # Keys whose change does not change what a completed round computed (resume may differ).
@@ -75,7 +76,7 @@ NON_TRAJECTORY_KEYS = (
 class FederationConfig:
     out_dir: str
     profile: str = "tiny"
-    network: str = "small-cnn"
+    network: str = "small-cnn"  # the tiny profile's
     sequences: str = "t2w,hbv,adc"
     seed: int = 0
     pretrain_rounds: int = 2
@@ -252,12 +253,13 @@ def load_fed_toml(path: Path) -> FedToml:
         )
     except (KeyError, TypeError):
         raise InputError(f"{path}: [adapt] split needs train, val and test") from None
+    profile = str(fed.get("profile", "tiny"))
     seqs = fed.get("sequences", ["t2w", "hbv", "adc"])
     weights = str(fed.get("initial-weights", "") or "")
     cfg = FederationConfig(
         out_dir=str((base / str(fed.get("out", "fed-out"))).resolve()),
-        profile=str(fed.get("profile", "tiny")),
-        network=str(fed.get("network", "small-cnn")),
+        profile=profile,
+        network=str(fed.get("network", get_profile(profile).classifier.network)),
         sequences=",".join(seqs) if isinstance(seqs, list) else str(seqs),
         seed=int(fed.get("seed", 0)),
         pretrain_rounds=int(pre.get("rounds", 2)),

@@ -14,7 +14,7 @@ from shared.errors import InputError
 if TYPE_CHECKING:
     from torch import nn
 
-NETWORKS = ("efficientnet-b0", "small-cnn")
+NETWORKS = ("efficientnet-b0", "small-cnn", "small-cnn-pool")
 # EfficientNet-B0 downsamples 32x and uses 5x5x5 kernels: below this size per axis it fails.
 _MIN_EFFICIENTNET_SIZE = 64
 
@@ -27,7 +27,8 @@ def build_classifier(network: str, in_channels: int, grid_size: tuple[int, int, 
     network
         ``"efficientnet-b0"`` (MONAI ``EfficientNetBN``, 3D, random init, as CCELLA++) or
         ``"small-cnn"`` (:func:`small_cnn`: four strided residual units, 16-128 channels,
-        about 0.6 M parameters) for the ``tiny`` and ``cpu`` profiles.
+        about 0.6 M parameters) for the ``tiny`` and ``cpu`` profiles, or ``"small-cnn-pool"``
+        (the same trunk, each channel's mean and max into the linear layer).
     in_channels
         3 for bpMRI (t2w, hbv, adc) or 1 for T2 only.
     grid_size
@@ -53,14 +54,19 @@ def build_classifier(network: str, in_channels: int, grid_size: tuple[int, int, 
         )
     if network == "small-cnn":
         return small_cnn(in_channels, grid_size)
+    if network == "small-cnn-pool":
+        return small_cnn(in_channels, grid_size, head="pool")
     raise InputError(f"unknown classifier network {network!r}", hint=f"one of {NETWORKS}")
 
 
-def small_cnn(in_channels: int, grid_size: tuple[int, int, int]) -> nn.Module:
-    """MONAI's small ``Classifier`` in plain torch (``shared/classifier/small_cnn.py``)."""
+def small_cnn(
+    in_channels: int, grid_size: tuple[int, int, int], head: str = "flatten"
+) -> nn.Module:
+    """MONAI's small ``Classifier`` in plain torch (``shared/classifier/small_cnn.py``), with
+    its flatten head or a global-pooling one."""
     from shared.classifier.small_cnn import SmallCNN
 
-    return SmallCNN(in_channels, grid_size)
+    return SmallCNN(in_channels, grid_size, head=head)
 
 
 def count_parameters(model: nn.Module) -> int:

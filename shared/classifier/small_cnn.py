@@ -50,19 +50,42 @@ class ResidualUnit(nn.Module):
         return self.conv(x) + res
 
 
-class SmallCNN(nn.Module):
-    """Four strided residual units, flatten, one linear layer: one logit per case."""
+class GlobalPool(nn.Module):
+    """Mean and max over all voxels of each channel, side by side: (B, C, ...) -> (B, 2C)."""
 
-    def __init__(self, in_channels: int, grid_size: Sequence[int]) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)
+        return torch.cat([flat.mean(2), flat.amax(2)], dim=1)
+
+
+HEADS = ("flatten", "pool")
+
+
+class SmallCNN(nn.Module):
+    """Four strided residual units, then one linear layer: one logit per case.
+
+    ``head="flatten"`` (MONAI's ``Classifier``) feeds the linear layer the whole last feature
+    map, so every position has weights of its own; ``head="pool"`` (network
+    ``small-cnn-pool``) feeds it each channel's mean and max over the map, so a finding scores
+    the same wherever it lies, for data whose findings move more than the training set shows.
+    On the phantom quick demo it was no better than the flatten head (issue 15).
+    """
+
+    def __init__(self, in_channels: int, grid_size: Sequence[int], head: str = "flatten") -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         cin, size = in_channels, [int(n) for n in grid_size]
         for i, (c, s) in enumerate(zip(CHANNELS, STRIDES, strict=True)):
             layers[f"layer_{i}"] = ResidualUnit(cin, c, s, last=i == len(CHANNELS) - 1)
             cin, size = c, [(n - 1) // s + 1 for n in size]  # kernel 3, padding 1
         self.net = nn.Sequential(layers)
-        features = cin * size[0] * size[1] * size[2]
-        self.final = nn.Sequential(nn.Flatten(), nn.Linear(features, 1))
+        if head == "flatten":
+            features = cin * size[0] * size[1] * size[2]
+            self.final = nn.Sequential(nn.Flatten(), nn.Linear(features, 1))
+        else:
+            self.final = nn.Sequential(GlobalPool(), nn.Linear(2 * cin, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(self.net(x)).reshape(x.shape[0], 1)
