@@ -18,7 +18,7 @@ format:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The whole consortium on phantom data (tiny profile, about 5 minutes on 2 cores; `demo-full`
+# The whole consortium on phantom data (tiny profile, about 10 minutes on 2 cores; `demo-full`
 # runs the cpu profile, about 30). Phantom data checks the machinery, not clinical truth.
 demo:
 	$(BIN)/coordinator demo --quick --workspace demo-quick

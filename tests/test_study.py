@@ -266,6 +266,27 @@ def test_study_with_a_federated_condition_runs_the_federations_pretraining(
     assert study_run.run_study(cfg, out) == results
 
 
+def test_cells_in_parallel_workers_match_the_sequential_run(stores, tmp_path):
+    """Two worker processes give each cell the scores the sequential run gives it (one torch
+    thread each way, as in this suite), and a parallel run resumes like a sequential one."""
+    cfg = load_study_config(write_config(tmp_path / "study.toml", stores))
+    seq = study_run.run_study(cfg, tmp_path / "seq", max_cells=3)
+    par = study_run.run_study(cfg, tmp_path / "par", max_cells=3, workers=2)
+    key = lambda r: (r["condition"], r["fraction"], r["seed"])  # noqa: E731
+    assert [key(r) for r in par] == [key(r) for r in seq]
+    for a, b in zip(seq, par, strict=True):
+        assert a["test_ids"] == b["test_ids"] and a["best_step"] == b["best_step"]
+        np.testing.assert_allclose(a["test_scores"], b["test_scores"], atol=1e-5)
+    seen = []
+    rest = study_run.run_study(
+        cfg, tmp_path / "par", workers=2, progress=lambda c, i, n: seen.append((i, n))
+    )
+    n_cells = 3 * (2 + 1)
+    assert len(rest) == n_cells and [key(r) for r in rest[:3]] == [key(r) for r in seq]
+    assert seen == [(i, n_cells) for i in range(1, n_cells + 1)]
+    assert len(list((tmp_path / "par" / "cells").rglob("*.json"))) == n_cells
+
+
 def test_attainable_seed_level_p_matches_scipy_and_is_reported() -> None:
     """The floor the report states is what SciPy's exact Wilcoxon gives when every seed agrees."""
     from scipy.stats import wilcoxon

@@ -19,7 +19,7 @@ def demo(
     quick: Annotated[
         bool,
         typer.Option(
-            "--quick", help="tiny profile, about 5 minutes on 2 cores (default: cpu, about 30)."
+            "--quick", help="tiny profile, about 10 minutes on 2 cores (default: cpu, about 30)."
         ),
     ] = False,
     workspace: Annotated[

@@ -283,11 +283,10 @@ class Demo:
             Path(self.state.output("federate")["config"]),  # its pretrained/ model
         )
         out = self.coord / "study"
-        res = self.runner.run(
-            "study",
-            [*COORD, "study", "--config", str(cfg), "--out", str(out), "--phantom", "--json"],
-            want_json=True,
-        )
+        # one cell per core at a time: the small classifier keeps one core busier than two
+        cmd = [*COORD, "study", "--config", str(cfg), "--out", str(out), "--phantom",
+               "--workers", "0", "--json"]  # fmt: skip
+        res = self.runner.run("study", cmd, want_json=True)
         return {"config": str(cfg), **res}
 
     # -- driving ----------------------------------------------------------------------------

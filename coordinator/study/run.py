@@ -196,44 +196,118 @@ def run_study(
     progress: Callable[[Cell, int, int], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
     max_cells: int | None = None,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) every cell; returns all cell results. ``max_cells`` stops early
-    after that many new cells (for tests of resumption)."""
+    """Run (or continue) every cell; returns all cell results in grid order. ``max_cells``
+    stops early after that many new cells (for tests of resumption). ``workers`` > 1 fine-tunes
+    that many cells at a time, each in its own process with an equal share of the CPU threads
+    (the small classifier keeps one core busier than it keeps two)."""
     out.mkdir(parents=True, exist_ok=True)
     data, split = _load_external(cfg, out)  # an empty store is refused before any write
     atomic_write_json(out / "config.json", _config_record(cfg))
     grid = tuple(data.x.shape[2:])
-    conds = {c.name: c for c in cfg.conditions}
     states = {c.name: pretrained_state(cfg, c, out, grid, log) for c in cfg.conditions}
     cells = cells_of(cfg)
-    subsets: dict[int, dict[float, tuple[int, ...]]] = {}
-    results, new = [], 0
-    for n, cell in enumerate(cells, start=1):
-        path = out / "cells" / f"{cell.key}.json"
+    done: dict[int, dict[str, Any]] = {}
+    todo: list[int] = []
+    for n, cell in enumerate(cells):
+        path = _cell_path(out, cell)
         if path.is_file():
-            results.append(json.loads(path.read_text()))
-        else:
-            if max_cells is not None and new >= max_cells:
-                break
-            if cell.seed not in subsets:
-                subsets[cell.seed] = fraction_subsets(
-                    data.y.astype(int).tolist(), split.train, cfg.fractions, cell.seed
-                )
-            res = run_cell(
-                cfg,
-                cell,
-                conds[cell.condition],
-                data,
-                split,
-                subsets[cell.seed][cell.fraction],
-                states[cell.condition],
-            )
-            atomic_write_json(path, res)
-            results.append(res)
-            new += 1
+            done[n] = json.loads(path.read_text())
+        elif max_cells is None or len(todo) < max_cells:
+            todo.append(n)
+    finished = 0
+    if progress:
+        for n in sorted(done):
+            finished += 1
+            progress(cells[n], finished, len(cells))
+    finished = len(done)
+
+    def record(n: int, res: dict[str, Any]) -> None:
+        nonlocal finished
+        atomic_write_json(_cell_path(out, cells[n]), res)
+        done[n] = res
+        finished += 1
         if progress:
-            progress(cell, n, len(cells))
-    return results
+            progress(cells[n], finished, len(cells))
+
+    jobs = [(cells[n], _subset(cfg, data, split, cells[n])) for n in todo]
+    if workers <= 1 or len(jobs) <= 1:
+        for n, (cell, subset) in zip(todo, jobs, strict=True):
+            record(n, _run_job(cfg, data, split, states, cell, subset))
+    else:
+        _run_parallel(cfg, data, split, states, dict(zip(todo, jobs, strict=True)), workers, record)
+    return [done[n] for n in sorted(done)]
+
+
+def _cell_path(out: Path, cell: Cell) -> Path:
+    return out / "cells" / f"{cell.key}.json"
+
+
+def _subset(cfg: StudyConfig, data: CaseTensors, split: Split, cell: Cell) -> tuple[int, ...]:
+    """The cell's nested fraction of the training split (the same for every condition)."""
+    subsets = fraction_subsets(data.y.astype(int).tolist(), split.train, cfg.fractions, cell.seed)
+    return subsets[cell.fraction]
+
+
+def _run_job(
+    cfg: StudyConfig,
+    data: CaseTensors,
+    split: Split,
+    states: dict[str, dict[str, Any] | None],
+    cell: Cell,
+    subset: tuple[int, ...],
+) -> dict[str, Any]:
+    cond = next(c for c in cfg.conditions if c.name == cell.condition)
+    return run_cell(cfg, cell, cond, data, split, subset, states[cell.condition])
+
+
+# What each worker process of a parallel study holds (set once by its initializer).
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int, *context: Any) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["context"] = context
+
+
+def _worker_job(cell: Cell, subset: tuple[int, ...]) -> dict[str, Any]:
+    return _run_job(*_WORKER["context"], cell, subset)
+
+
+def _run_parallel(
+    cfg: StudyConfig,
+    data: CaseTensors,
+    split: Split,
+    states: dict[str, dict[str, Any] | None],
+    jobs: dict[int, tuple[Cell, tuple[int, ...]]],
+    workers: int,
+    record: Callable[[int, dict[str, Any]], None],
+) -> None:
+    """Cells in ``workers`` processes; each result is written as soon as it arrives, so a
+    stopped study keeps every finished cell."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: the parent has run torch (pretraining), and a forked OpenMP pool hangs
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, ctx, initializer=_init_worker, initargs=(threads, cfg, data, split, states)
+    ) as pool:
+        pending = {pool.submit(_worker_job, *job): n for n, job in jobs.items()}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    record(pending.pop(fut), fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
 
 
 def _config_record(cfg: StudyConfig) -> dict[str, Any]:
