@@ -287,6 +287,22 @@ def test_cells_in_parallel_workers_match_the_sequential_run(stores, tmp_path):
     assert len(list((tmp_path / "par" / "cells").rglob("*.json"))) == n_cells
 
 
+def test_workers_are_capped_by_available_memory(monkeypatch):
+    """Each worker copies the case tensors: no more of them than half the free memory holds,
+    said in the log; never fewer than one, and never more than asked for."""
+    gib = 2**30
+    logs: list[str] = []
+    monkeypatch.setattr(study_run, "available_memory_bytes", lambda: 16 * gib)
+    per = 3 * gib + study_run.WORKER_OVERHEAD_BYTES
+    assert study_run.affordable_workers(8, 3 * gib, logs.append) == int(8 * gib // per) == 2
+    assert "2 cell(s) at a time, not 8" in logs[-1] and "3.0 GiB copy" in logs[-1]
+    assert study_run.affordable_workers(8, 40 * gib, logs.append) == 1
+    logs.clear()
+    assert study_run.affordable_workers(2, 10 * 2**20, logs.append) == 2 and not logs
+    monkeypatch.setattr(study_run, "available_memory_bytes", lambda: None)
+    assert study_run.affordable_workers(4, 40 * gib, logs.append) == 4
+
+
 def test_attainable_seed_level_p_matches_scipy_and_is_reported() -> None:
     """The floor the report states is what SciPy's exact Wilcoxon gives when every seed agrees."""
     from scipy.stats import wilcoxon

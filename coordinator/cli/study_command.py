@@ -32,8 +32,10 @@ def study(
             min=0,
             max=64,
             help="Cells fine-tuned at a time, each in its own process with an equal share of the "
-            "CPU threads (0 = one per core). Scores agree with a sequential run to float "
-            "precision, not bit for bit, when the threads per cell differ.",
+            "CPU threads (0 = one per core), at most as many as fit in half the available "
+            "memory (each holds a copy of the external cases). Scores agree with a "
+            "sequential run to float precision, not bit for bit, when the threads per cell "
+            "differ.",
         ),
     ] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print output paths as JSON.")] = False,

@@ -232,12 +232,44 @@ def run_study(
             progress(cells[n], finished, len(cells))
 
     jobs = [(cells[n], _subset(cfg, data, split, cells[n])) for n in todo]
+    workers = affordable_workers(workers, data.x.nbytes, log)
     if workers <= 1 or len(jobs) <= 1:
         for n, (cell, subset) in zip(todo, jobs, strict=True):
             record(n, _run_job(cfg, data, split, states, cell, subset))
     else:
         _run_parallel(cfg, data, split, states, dict(zip(todo, jobs, strict=True)), workers, record)
     return [done[n] for n in sorted(done)]
+
+
+# A worker's own cost beside its copy of the case tensors: torch, the model, batches.
+WORKER_OVERHEAD_BYTES = 768 * 2**20
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def affordable_workers(workers: int, data_bytes: int, log: Callable[[str], None]) -> int:
+    """At most as many workers as fit in half the memory available now: each holds its own
+    copy of the external case tensors (gigabytes at the ``paper`` profile's grid)."""
+    avail = available_memory_bytes()
+    if workers <= 1 or avail is None:
+        return workers
+    cap = max(1, int(avail // 2 // (data_bytes + WORKER_OVERHEAD_BYTES)))
+    if cap < workers:
+        log(
+            f"running {cap} cell(s) at a time, not {workers}: each worker holds its own "
+            f"{data_bytes / 2**30:.1f} GiB copy of the external cases and "
+            f"{avail / 2**30:.1f} GiB is available"
+        )
+    return min(workers, cap)
 
 
 def _cell_path(out: Path, cell: Cell) -> Path:
