@@ -34,10 +34,6 @@ class ToolkitError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} ({self.hint})"
 
-    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
-        # keep the hint across processes (a worker's error reaches the CLI whole)
-        return (type(self), (self.message, self.hint))
-
 
 class InputError(ToolkitError):
     """The user gave us something we cannot use: a missing path, a malformed CSV, a bad config."""

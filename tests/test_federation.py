@@ -360,6 +360,17 @@ def test_fed_toml_parsing(tmp_path):
     (tmp_path / "bad.toml").write_text("[federation]\nroundtimeout = 3\n")
     with pytest.raises(InputError, match="unknown keys"):
         load_fed_toml(tmp_path / "bad.toml")
+    # the network follows the profile unless named; an unknown profile names file and key
+    good = (tmp_path / "fed.toml").read_text()
+    assert "network" not in good
+    (tmp_path / "cpu.toml").write_text(good.replace('profile = "tiny"', 'profile = "cpu"'))
+    assert load_fed_toml(tmp_path / "cpu.toml").run_config.network == "small-cnn"
+    pool = good.replace('profile = "tiny"', 'profile = "tiny"\nnetwork = "small-cnn-pool"')
+    (tmp_path / "pool.toml").write_text(pool)
+    assert load_fed_toml(tmp_path / "pool.toml").run_config.network == "small-cnn-pool"
+    (tmp_path / "typo.toml").write_text(good.replace('profile = "tiny"', 'profile = "tinyy"'))
+    with pytest.raises(InputError, match=r"typo.toml: \[federation\] profile: unknown profile"):
+        load_fed_toml(tmp_path / "typo.toml")
 
 
 # --------------------------------------------------------------------------- simulation

@@ -287,6 +287,25 @@ def test_cells_in_parallel_workers_match_the_sequential_run(stores, tmp_path):
     assert len(list((tmp_path / "par" / "cells").rglob("*.json"))) == n_cells
 
 
+def test_a_failing_cell_in_a_worker_keeps_the_finished_ones_and_raises(stores, tmp_path):
+    """A cell that fails in a worker (weights that do not fit the network) stops new cells
+    from starting; the cell already running beside it is finished and recorded; then the
+    worker's own error is raised."""
+    cfg = load_study_config(write_config(tmp_path / "study.toml", stores))
+    data, split = study_run._load_external(cfg, tmp_path / "out")
+    states = {c.name: None for c in cfg.conditions} | {"synthetic-bpmri": {"bogus": np.zeros(1)}}
+    cells = [study_run.Cell("synthetic-bpmri", 1.0, 0)] + [
+        study_run.Cell("none", 1.0, s) for s in range(3)
+    ]
+    jobs = {n: (c, tuple(split.train)) for n, c in enumerate(cells)}
+    recorded: list[int] = []
+    with pytest.raises(RuntimeError, match="bogus"):
+        study_run._run_parallel(
+            cfg, data, split, states, jobs, 2, lambda n, res: recorded.append(n)
+        )
+    assert recorded == [1]  # cells 2 and 3 never started
+
+
 def test_workers_are_capped_by_available_memory(monkeypatch):
     """Each worker copies the case tensors: no more of them than half the free memory holds,
     said in the log; never fewer than one, and never more than asked for."""

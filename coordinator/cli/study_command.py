@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -45,7 +44,7 @@ def study(
     A stopped study continues where it stopped."""
     from coordinator.study.config import load_study_config
     from coordinator.study.report import write_outputs
-    from coordinator.study.run import cells_of, run_study
+    from coordinator.study.run import cells_of, run_study, usable_cores
     from shared.workspace_lock import workspace_lock
 
     cfg = load_study_config(config)
@@ -60,7 +59,7 @@ def study(
             out_dir,
             progress=lambda cell, i, total: advance(1),
             log=lambda s: err.print(s, markup=False) if not json_out else None,
-            workers=workers or (os.cpu_count() or 1),
+            workers=workers or usable_cores(),
         )
         paths = write_outputs(results, out_dir, phantom=phantom)
     if json_out:

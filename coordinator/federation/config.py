@@ -254,12 +254,16 @@ def load_fed_toml(path: Path) -> FedToml:
     except (KeyError, TypeError):
         raise InputError(f"{path}: [adapt] split needs train, val and test") from None
     profile = str(fed.get("profile", "tiny"))
+    try:
+        prof = get_profile(profile)
+    except InputError as exc:
+        raise InputError(f"{path}: [federation] profile: {exc.message}", hint=exc.hint) from None
     seqs = fed.get("sequences", ["t2w", "hbv", "adc"])
     weights = str(fed.get("initial-weights", "") or "")
     cfg = FederationConfig(
         out_dir=str((base / str(fed.get("out", "fed-out"))).resolve()),
         profile=profile,
-        network=str(fed.get("network", get_profile(profile).classifier.network)),
+        network=str(fed.get("network", prof.classifier.network)),
         sequences=",".join(seqs) if isinstance(seqs, list) else str(seqs),
         seed=int(fed.get("seed", 0)),
         pretrain_rounds=int(pre.get("rounds", 2)),

@@ -10,6 +10,7 @@ through ``coordinator.federation`` when they do not exist yet.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -309,6 +310,14 @@ def _worker_job(cell: Cell, subset: tuple[int, ...]) -> dict[str, Any]:
     return _run_job(*_WORKER["context"], cell, subset)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (affinity and container CPU sets included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def _run_parallel(
     cfg: StudyConfig,
     data: CaseTensors,
@@ -318,28 +327,53 @@ def _run_parallel(
     workers: int,
     record: Callable[[int, dict[str, Any]], None],
 ) -> None:
-    """Cells in ``workers`` processes; each result is written as soon as it arrives, so a
-    stopped study keeps every finished cell."""
+    """Cells in ``workers`` processes, one cell per worker in flight. Each result is written
+    as soon as it arrives; after a failure nothing new starts, the cells already running are
+    finished and kept, and then the first error is raised."""
     import multiprocessing
-    import os
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    workers = min(workers, len(jobs))
+    threads = max(1, usable_cores() // workers)
     # spawn, not fork: the parent has run torch (pretraining), and a forked OpenMP pool hangs
     ctx = multiprocessing.get_context("spawn")
+    queue = list(jobs.items())
+    failure: BaseException | None = None
     with ProcessPoolExecutor(
         workers, ctx, initializer=_init_worker, initargs=(threads, cfg, data, split, states)
     ) as pool:
-        pending = {pool.submit(_worker_job, *job): n for n, job in jobs.items()}
+        running: dict[Future[dict[str, Any]], int] = {}
+
+        def start_next() -> None:
+            if queue and failure is None:
+                n, job = queue.pop(0)
+                running[pool.submit(_worker_job, *job)] = n
+
+        for _ in range(workers):
+            start_next()
         try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    record(pending.pop(fut), fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
+                    n = running.pop(fut)
+                    try:
+                        res = fut.result()
+                    except BaseException as exc:  # raised below, once the others are done
+                        failure = failure or exc
+                        continue
+                    record(n, res)
+                    start_next()
+        except BaseException:  # interrupted: start nothing more, leave finished cells on disk
+            queue.clear()
             raise
+    if isinstance(failure, BrokenProcessPool):
+        raise InputError(
+            "a study worker process died (out of memory or killed)",
+            hint="rerun with fewer --workers; finished cells are kept",
+        )
+    if failure is not None:
+        raise failure
 
 
 def _config_record(cfg: StudyConfig) -> dict[str, Any]:
