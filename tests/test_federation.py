@@ -371,6 +371,9 @@ def test_fed_toml_parsing(tmp_path):
     (tmp_path / "typo.toml").write_text(good.replace('profile = "tiny"', 'profile = "tinyy"'))
     with pytest.raises(InputError, match=r"typo.toml: \[federation\] profile: unknown profile"):
         load_fed_toml(tmp_path / "typo.toml")
+    (tmp_path / "net.toml").write_text(pool.replace("small-cnn-pool", "small-cnn-poool"))
+    with pytest.raises(InputError, match=r"net.toml: \[federation\] unknown network"):
+        load_fed_toml(tmp_path / "net.toml")
 
 
 # --------------------------------------------------------------------------- simulation

@@ -141,6 +141,10 @@ def test_study_runs_resumes_and_reports(stores, tmp_path, monkeypatch):
         (lambda t: t.replace("[study]", "[stud]"), "needs a [study] table"),
         (lambda t: t + "\n[conditions.x]\nkind = 'weights'\n", "needs weights"),
         (lambda t: t.replace('profile = "tiny"', 'profile = "tiny'), "not valid TOML"),
+        (
+            lambda t: t.replace("[study]", '[study]\nnetwork = "small-cnn-poool"'),
+            "unknown network 'small-cnn-poool'",
+        ),
     ],
 )
 def test_bad_config_gives_clear_error(stores, tmp_path, edit, message):

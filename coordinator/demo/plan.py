@@ -80,8 +80,9 @@ QUICK = DemoPlan(
     fed_local_steps=5,
     fed_adapt_fraction=0.5,
     budget_minutes=10,
-    # measured on 2 idle cores of an AVX2-only AMD EPYC, 2026-12-06 (581 s in all; the same
-    # plan with 80 external cases took 263 s on the AMX Intel machine of earlier sessions)
+    # measured on 2 cores of an AVX2-only AMD EPYC (a short test run shared the first minute),
+    # 2026-12-06: 581 s in all; the same plan with 80 external cases took 263 s on the AMX
+    # Intel machine of earlier sessions
     expected_seconds={
         "phantom-site": 28,
         "phantom-external": 174,

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from shared.classifier.networks import NETWORKS
 from shared.errors import InputError
 from shared.profiles import get_profile
 from shared.toml_files import read_toml
@@ -258,12 +259,18 @@ def load_fed_toml(path: Path) -> FedToml:
         prof = get_profile(profile)
     except InputError as exc:
         raise InputError(f"{path}: [federation] profile: {exc.message}", hint=exc.hint) from None
+    network = str(fed.get("network", prof.classifier.network))
+    if network not in NETWORKS:
+        raise InputError(
+            f"{path}: [federation] unknown network {network!r}",
+            hint=f"one of {', '.join(NETWORKS)}",
+        )
     seqs = fed.get("sequences", ["t2w", "hbv", "adc"])
     weights = str(fed.get("initial-weights", "") or "")
     cfg = FederationConfig(
         out_dir=str((base / str(fed.get("out", "fed-out"))).resolve()),
         profile=profile,
-        network=str(fed.get("network", prof.classifier.network)),
+        network=network,
         sequences=",".join(seqs) if isinstance(seqs, list) else str(seqs),
         seed=int(fed.get("seed", 0)),
         pretrain_rounds=int(pre.get("rounds", 2)),

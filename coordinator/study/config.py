@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.classifier.networks import NETWORKS
 from shared.errors import InputError
 from shared.profiles import Profile, get_profile
 from shared.toml_files import read_toml
@@ -147,6 +148,10 @@ def load_study_config(path: Path) -> StudyConfig:
             f"{where}: split train/val/test must be positive and sum to 1, not {parts}"
         )
     network = _get(study, "network", str, prof.classifier.network, where)
+    if network not in NETWORKS:
+        raise InputError(
+            f"{where}: unknown network {network!r}", hint=f"one of {', '.join(NETWORKS)}"
+        )
     cond_raw = raw.get("conditions")
     if not isinstance(cond_raw, dict) or not cond_raw:
         raise InputError(f"study config {path} needs at least one [conditions.NAME] table")

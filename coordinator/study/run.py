@@ -217,11 +217,9 @@ def run_study(
             done[n] = json.loads(path.read_text())
         elif max_cells is None or len(todo) < max_cells:
             todo.append(n)
-    finished = 0
     if progress:
-        for n in sorted(done):
-            finished += 1
-            progress(cells[n], finished, len(cells))
+        for i, n in enumerate(sorted(done), start=1):
+            progress(cells[n], i, len(cells))
     finished = len(done)
 
     def record(n: int, res: dict[str, Any]) -> None:
@@ -232,7 +230,12 @@ def run_study(
         if progress:
             progress(cells[n], finished, len(cells))
 
-    jobs = [(cells[n], _subset(cfg, data, split, cells[n])) for n in todo]
+    # each seed's nested fractions of the training split, shared by every condition
+    subsets = {
+        seed: fraction_subsets(data.y.astype(int).tolist(), split.train, cfg.fractions, seed)
+        for seed in {cells[n].seed for n in todo}
+    }
+    jobs = [(cells[n], subsets[cells[n].seed][cells[n].fraction]) for n in todo]
     workers = affordable_workers(workers, data.x.nbytes, log)
     if workers <= 1 or len(jobs) <= 1:
         for n, (cell, subset) in zip(todo, jobs, strict=True):
@@ -253,7 +256,7 @@ def available_memory_bytes() -> int | None:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        pass
+        return None
     return None
 
 
@@ -275,12 +278,6 @@ def affordable_workers(workers: int, data_bytes: int, log: Callable[[str], None]
 
 def _cell_path(out: Path, cell: Cell) -> Path:
     return out / "cells" / f"{cell.key}.json"
-
-
-def _subset(cfg: StudyConfig, data: CaseTensors, split: Split, cell: Cell) -> tuple[int, ...]:
-    """The cell's nested fraction of the training split (the same for every condition)."""
-    subsets = fraction_subsets(data.y.astype(int).tolist(), split.train, cfg.fractions, cell.seed)
-    return subsets[cell.fraction]
 
 
 def _run_job(
