@@ -77,12 +77,31 @@ def test_classic_phantom_files_pass_dciodvfy(phantom_sites):
         assert errors == [], (f, errors)
 
 
+def _save_whole_with_pydicom(self, stack, slice_ds, syntax, path) -> None:
+    """What ``ElementCache.write_slice`` replaces: the stack's header and the slice's own
+    elements merged into one data set, written by pydicom's ``dcmwrite``."""
+    import copy
+
+    from pydicom.dataset import FileMetaDataset
+
+    whole = copy.deepcopy(stack)
+    whole.update(slice_ds)
+    if "LossyImageCompression" in whole:  # encapsulated: undefined length (PS3.5 A.4)
+        whole["PixelData"].is_undefined_length = True
+    whole.file_meta = FileMetaDataset()
+    whole.file_meta.MediaStorageSOPClassUID = whole.SOPClassUID
+    whole.file_meta.MediaStorageSOPInstanceUID = whole.SOPInstanceUID
+    whole.file_meta.TransferSyntaxUID = syntax
+    whole.save_as(path, enforce_file_format=True)
+
+
 def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydicoms_bytes(
     tmp_path, monkeypatch
 ):
     """Same seed, same bytes in every transfer syntax (JPEG 2000 too: pydicom's compress()
-    would draw a new SOP Instance UID), and the series writer's element cache lays a file out
-    byte for byte as pydicom's own dcmwrite does."""
+    would draw a new SOP Instance UID), and the series writer's element cache (each stack's
+    shared header encoded once, each slice's own elements on top) lays a file out byte for
+    byte as pydicom's own dcmwrite does with the whole data set."""
     from shared.phantom import dicom_writer
 
     inst, prof = get_institution("cascade"), get_profile("tiny")
@@ -96,6 +115,7 @@ def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydic
                 "write",
                 lambda self, ds, path: ds.save_as(path, enforce_file_format=True),
             )
+            m.setattr(dicom_writer.ElementCache, "write_slice", _save_whole_with_pydicom)
             generate_study(tmp_path / syntax / "pydicom", inst, prof, 7, 1, force=force)
         a = _digest(tmp_path / syntax / "a")
         assert a == _digest(tmp_path / syntax / "b"), syntax

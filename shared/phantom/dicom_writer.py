@@ -7,16 +7,20 @@ the same PHI-bearing attributes a PACS export has.
 
 from __future__ import annotations
 
+import copy
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -29,6 +33,13 @@ from shared.phantom.vendors import VENDORS, set_b_value
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+SYNTAXES = {
+    "explicit": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "jpeg-lossless": JPEGLosslessSV1,
+    "j2k": JPEG2000Lossless,
+}
+PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 @dataclass(frozen=True)
@@ -141,10 +152,14 @@ class ElementCache:
     is encoded by pydicom's own ``write_data_element`` the first time its (tag, VR, value)
     appears and reused after, and a file is laid out as ``dcmwrite`` lays it out (preamble,
     file meta, elements in tag order, ambiguous VRs resolved first): the same bytes.
+    ``write_slice`` goes one step further for a stack's files: the stack's shared header is
+    encoded once and each file adds only what changes from slice to slice.
     """
 
     def __init__(self) -> None:
         self._encoded: dict[tuple[object, ...], bytes] = {}
+        self._stacks: dict[int, tuple[Dataset, list[tuple[int, bytes]]]] = {}
+        self._meta_parts: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
 
     @staticmethod
     def _key(elem: object, implicit: bool, charset: object) -> tuple[object, ...] | None:
@@ -157,10 +172,8 @@ class ElementCache:
             shown = (type(value).__name__, str(value))
         return (elem.tag, elem.VR, implicit, str(charset), shown)  # type: ignore[attr-defined]
 
-    def body(self, ds: Dataset, implicit: bool) -> bytes:
-        """The encoded data set (little endian), as ``write_dataset`` writes it."""
-        ds = correct_ambiguous_vr(ds, True)
-        charset = ds.get("SpecificCharacterSet", "iso8859")
+    def _parts(self, ds: Dataset, implicit: bool, charset: object) -> list[tuple[int, bytes]]:
+        """(tag, encoded element) of ``ds`` in tag order, as ``write_dataset`` writes them."""
         parts = []
         for tag in sorted(ds.keys()):
             if tag.element == 0 and tag.group > 6:  # retired group lengths are not written
@@ -175,23 +188,71 @@ class ElementCache:
                 data = fp.getvalue()
                 if key is not None:
                     self._encoded[key] = data
-            parts.append(data)
-        return b"".join(parts)
+            parts.append((int(tag), data))
+        return parts
+
+    def body(self, ds: Dataset, implicit: bool) -> bytes:
+        """The encoded data set (little endian), as ``write_dataset`` writes it."""
+        ds = correct_ambiguous_vr(ds, True)
+        charset = ds.get("SpecificCharacterSet", "iso8859")
+        return b"".join(data for _, data in self._parts(ds, implicit, charset))
+
+    def _meta(self, meta: FileMetaDataset) -> bytes:
+        validate_file_meta(meta, enforce_standard=True)
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        return fp.getvalue()
+
+    def _meta_fast(self, sop_class: str, sop_instance: str, syntax: str) -> bytes:
+        """``_meta`` for a file of this series: the elements every file shares encoded once,
+        the instance UID and the group length per file."""
+        shared = self._meta_parts.get((sop_class, syntax))
+        if shared is None:
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = sop_class
+            meta.MediaStorageSOPInstanceUID = sop_instance
+            meta.TransferSyntaxUID = syntax
+            validate_file_meta(meta, enforce_standard=True)  # adds version and implementation
+            shared = self._parts(meta, False, "iso8859")
+            self._meta_parts[(sop_class, syntax)] = shared
+        uid = DicomBytesIO()
+        uid.is_little_endian, uid.is_implicit_VR = True, False
+        write_data_element(uid, DataElement(0x00020003, "UI", sop_instance))
+        rest = b"".join(uid.getvalue() if tag == 0x00020003 else data for tag, data in shared)
+        # (0002,0000) File Meta Information Group Length, UL, explicit VR little endian
+        return b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(rest)) + rest
 
     def write(self, ds: Dataset, path: Path) -> None:
         """``ds.save_as(path, enforce_file_format=True)`` for little endian files, with the
         repeated elements taken from the cache."""
         meta = ds.file_meta
-        syntax = meta.TransferSyntaxUID
-        implicit = syntax == ImplicitVRLittleEndian
-        validate_file_meta(meta, enforce_standard=True)
+        implicit = meta.TransferSyntaxUID == ImplicitVRLittleEndian
         # PS3.5 A.4: encapsulated pixel data has undefined length, native pixel data its own
-        ds["PixelData"].is_undefined_length = syntax.is_compressed
-        fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
-        fp.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(fp, meta, enforce_standard=True)
-        path.write_bytes(fp.getvalue() + self.body(ds, implicit))
+        ds["PixelData"].is_undefined_length = meta.TransferSyntaxUID.is_compressed
+        path.write_bytes(PREAMBLE + self._meta(meta) + self.body(ds, implicit))
+
+    def write_slice(self, stack: Dataset, slice_ds: Dataset, syntax: str, path: Path) -> None:
+        """The file of ``stack`` (the header its slices share, encoded once per stack) with
+        ``slice_ds`` (what this slice changes, pixel data included) on top: the bytes that
+        ``write`` gives for the two merged."""
+        implicit = syntax == ImplicitVRLittleEndian
+        compressed = UID(syntax).is_compressed
+        pixels = slice_ds["PixelData"]
+        pixels.is_undefined_length = compressed
+        # what correct_ambiguous_vr decides for pixel data (PS3.5 A.1, A.2, A.4)
+        pixels.VR = "OB" if compressed or int(stack.BitsAllocated) <= 8 else "OW"
+        charset = stack.get("SpecificCharacterSet", "iso8859")
+        # keyed by identity; the entry holds the stack, so its id is not reused meanwhile
+        held, shared = self._stacks.get(id(stack), (None, []))
+        if held is not stack:
+            shared = self._parts(correct_ambiguous_vr(stack, True), implicit, charset)
+            self._stacks[id(stack)] = (stack, shared)
+        own = self._parts(slice_ds, implicit, charset)
+        mine = {tag for tag, _ in own}
+        merged = sorted([*(p for p in shared if p[0] not in mine), *own], key=lambda p: p[0])
+        meta = self._meta_fast(stack.SOPClassUID, slice_ds.SOPInstanceUID, syntax)
+        path.write_bytes(PREAMBLE + meta + b"".join(data for _, data in merged))
 
 
 def write_series(
@@ -207,6 +268,8 @@ def write_series(
     ``syntax`` is "explicit", "implicit", "jpeg-lossless" or "j2k" (classic files only;
     enhanced files are written explicit little endian).
     """
+    if syntax not in SYNTAXES:
+        raise ValueError(f"syntax must be explicit, implicit, jpeg-lossless or j2k, not {syntax!r}")
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = _uid(study, "series", series.number)
     if enhanced:
@@ -219,66 +282,89 @@ def write_series(
         rng.shuffle(names)
     for s_idx, stack in enumerate(series.stacks):
         g = stack.grid
+        shared = _stack_header(study, series, series_uid, stack)
         for k in range(g.shape[2]):
-            ds = Dataset()
-            _common(ds, study, series, series_uid)
-            ds.SOPClassUID = MR_IMAGE_STORAGE
+            ds = Dataset()  # what changes from slice to slice
             ds.SOPInstanceUID = _uid(study, "sop", series.number, s_idx, k)
             ds.InstanceNumber = instance + 1
-            ds.ImageType = list(stack.image_type or series.image_type)
-            ds.ScanningSequence = series.scanning_sequence
-            ds.SequenceVariant = "SK"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "2D"
-            ds.EchoTime = _fmt(series.echo_time)
-            ds.RepetitionTime = _fmt(series.repetition_time)
-            ds.EchoTrainLength = {"SE": 16, "EP": 64}.get(series.scanning_sequence, 1)
             pos = g.affine[:3, :3] @ np.array([0.0, 0.0, k]) + g.affine[:3, 3]
             ds.ImagePositionPatient = [_fmt(v) for v in pos]
-            ds.ImageOrientationPatient = [_fmt(v) for v in (*g.row_dir, *g.col_dir)]
-            ds.PixelSpacing = [_fmt(g.spacing[1]), _fmt(g.spacing[0])]  # [row, column] spacing
-            ds.SliceThickness = _fmt(g.slice_thickness)
-            ds.SpacingBetweenSlices = _fmt(g.spacing[2])
             ds.SliceLocation = _fmt(float(pos @ g.normal))
-            if stack.temporal_position is not None:
-                ds.TemporalPositionIdentifier = stack.temporal_position
-                ds.AcquisitionNumber = stack.temporal_position
-            if stack.b_value is not None:
-                set_b_value(ds, study.vendor, stack.b_value)
-            if series.rescale_slope != 1.0 or series.rescale_intercept != 0.0:
-                ds.RescaleSlope = _fmt(series.rescale_slope)
-                ds.RescaleIntercept = _fmt(series.rescale_intercept)
-                ds.RescaleType = "US"
-            for key, value in series.extra.items():
-                setattr(ds, key, value)
             frame = _pixels_for_slice(stack, k, series)
-            ds.Rows, ds.Columns = frame.shape
             ds.WindowCenter = _fmt(float(np.percentile(frame, 60)))
             ds.WindowWidth = _fmt(max(float(np.percentile(frame, 99) * 1.2), 1.0))
             path = folder / f"{names[instance]}.dcm"
-            _save(ds, frame[None], path, syntax, cache)
+            if syntax == "j2k":  # pydicom's compress() needs the whole data set
+                # element copies: compress() may change elements the stack's files share
+                whole = Dataset({tag: copy.copy(elem) for tag, elem in shared.items()})
+                whole.update(ds)
+                _save(whole, frame[None], path, syntax, cache)
+            else:
+                if syntax == "jpeg-lossless":
+                    ds.LossyImageCompression = "00"
+                ds.PixelData = _pixel_data(frame[None], syntax)
+                cache.write_slice(shared, ds, SYNTAXES[syntax], path)
             files.append(path)
             instance += 1
     return files
 
 
-def _save(
-    ds: Dataset, frames: np.ndarray, path: Path, syntax: str, cache: ElementCache | None = None
-) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+def _stack_header(study: StudyInfo, series: SeriesSpec, series_uid: str, stack: Stack) -> Dataset:
+    """The header every single-frame file of ``stack`` shares."""
+    g = stack.grid
+    ds = Dataset()
+    _common(ds, study, series, series_uid)
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    ds.ImageType = list(stack.image_type or series.image_type)
+    ds.ScanningSequence = series.scanning_sequence
+    ds.SequenceVariant = "SK"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.EchoTime = _fmt(series.echo_time)
+    ds.RepetitionTime = _fmt(series.repetition_time)
+    ds.EchoTrainLength = {"SE": 16, "EP": 64}.get(series.scanning_sequence, 1)
+    ds.ImageOrientationPatient = [_fmt(v) for v in (*g.row_dir, *g.col_dir)]
+    ds.PixelSpacing = [_fmt(g.spacing[1]), _fmt(g.spacing[0])]  # [row, column] spacing
+    ds.SliceThickness = _fmt(g.slice_thickness)
+    ds.SpacingBetweenSlices = _fmt(g.spacing[2])
+    if stack.temporal_position is not None:
+        ds.TemporalPositionIdentifier = stack.temporal_position
+        ds.AcquisitionNumber = stack.temporal_position
+    if stack.b_value is not None:
+        set_b_value(ds, study.vendor, stack.b_value)
+    if series.rescale_slope != 1.0 or series.rescale_intercept != 0.0:
+        ds.RescaleSlope = _fmt(series.rescale_slope)
+        ds.RescaleIntercept = _fmt(series.rescale_intercept)
+        ds.RescaleType = "US"
+    for key, value in series.extra.items():
+        setattr(ds, key, value)
+    ds.Rows, ds.Columns = g.shape[1], g.shape[0]  # a frame is image[:, :, k].T
+    return ds
+
+
+def _pixel_data(frames: np.ndarray, syntax: str) -> bytes:
+    """Pixel Data of ``frames`` (uint16) in ``syntax`` (not j2k: see ``_save``)."""
     if syntax == "jpeg-lossless":
         from shared.phantom.jpeg_lossless import encode_jpeg_lossless_sv1
 
-        meta.TransferSyntaxUID = JPEGLosslessSV1
-        ds.PixelData = encapsulate([encode_jpeg_lossless_sv1(f, 16) for f in frames])
-        ds["PixelData"].VR = "OB"
-        ds.LossyImageCompression = "00"
-    elif syntax == "j2k":
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        ds.PixelData = frames.tobytes()
+        return encapsulate([encode_jpeg_lossless_sv1(f, 16) for f in frames])
+    return frames.tobytes()
+
+
+def _save(
+    ds: Dataset, frames: np.ndarray, path: Path, syntax: str, cache: ElementCache | None = None
+) -> None:
+    """Write a whole data set: enhanced files ("explicit") and JPEG 2000 files ("j2k", whose
+    compression pydicom does on the whole data set)."""
+    if syntax not in ("explicit", "j2k"):
+        raise ValueError(f"syntax must be explicit or j2k here, not {syntax!r}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.PixelData = frames.tobytes()
+    if syntax == "j2k":
         # lossless: the instance keeps its UID (pydicom would draw a random one: the phantom
         # would no longer be deterministic)
         ds.compress(
@@ -287,16 +373,6 @@ def _save(
             generate_instance_uid=False,
         )
         ds.LossyImageCompression = "00"
-        meta = ds.file_meta
-    elif syntax == "implicit":
-        meta.TransferSyntaxUID = ImplicitVRLittleEndian
-        ds.PixelData = frames.tobytes()
-    elif syntax == "explicit":
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = frames.tobytes()
-    else:
-        raise ValueError(f"syntax must be explicit, implicit, jpeg-lossless or j2k, not {syntax!r}")
-    ds.file_meta = meta
     if cache is not None:
         cache.write(ds, path)
     else:
