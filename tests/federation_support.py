@@ -141,6 +141,10 @@ import shared.federation.client_app as ca
 t1 = time.perf_counter()
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+try:
+    from shared.federation.records import pack_state
+except ImportError:  # a tree from before packed weights (the benchmark's --baseline)
+    pack_state = None
 from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 11, 7, 1
 role, ws, kind, arrays = sys.argv[1:5]
@@ -149,7 +153,10 @@ config = {"server-round": 1, "local-steps": 2, "batch-size": 4, "fraction": 0.5,
 content = {"config": ConfigRecord(config)}
 if kind != "query.describe":
     with np.load(arrays) as z:
-        content["arrays"] = ArrayRecord({k: Array(z[k]) for k in z.files})
+        if pack_state is None:
+            content["arrays"] = ArrayRecord({k: Array(z[k]) for k in z.files})
+        else:
+            content["arrays"], content["layout"] = pack_state({k: z[k] for k in z.files})
 msg = Message(RecordDict(content), dst_node_id=7, message_type=kind)
 msg.metadata.__dict__["_src_node_id"] = 1
 ctx = Context(run_id=11, node_id=7, node_config={"role": role, "workspace": ws},

@@ -47,11 +47,13 @@ def _global_arrays():
 
 
 def _message(kind: str, config: dict, with_arrays: bool = True):
-    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from shared.federation.records import pack_state
 
     content = {"config": ConfigRecord(config)}
     if with_arrays:
-        content["arrays"] = ArrayRecord(_global_arrays())
+        content["arrays"], content["layout"] = pack_state(_global_arrays())
     msg = Message(RecordDict(content), dst_node_id=7, message_type=kind)
     msg.metadata.__dict__["_src_node_id"] = 1  # as if it came from the SuperLink
     return msg
@@ -276,9 +278,11 @@ def test_dp_clipping_bounds_the_update(tmp_path):
     )
     reply = app(_message("train", {"local-steps": 2, "batch-size": 4}), _context(ws))
     assert not reply.has_error(), reply.error
-    from shared.federation.records import update_norm
+    from shared.federation.records import unpack_state, update_norm
 
-    new = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+    new = unpack_state(
+        reply.content.array_records["arrays"], reply.content.config_records["layout"]
+    )
     old = {k: v.numpy() for k, v in _global_arrays().items()}
     assert update_norm(new, old) <= 0.01 * 1.001
     assert reply.content.metric_records["metrics"]["clipped"] == 1
@@ -296,7 +300,7 @@ def _reply(src: int, arrays: dict | None, n: int = 5, error: str | None = None):
         msg = Message(
             RecordDict(
                 {
-                    "arrays": _ar(arrays),
+                    **_packed(arrays),
                     "metrics": MetricRecord({"num-examples": n}),
                 }
             ),
@@ -307,10 +311,85 @@ def _reply(src: int, arrays: dict | None, n: int = 5, error: str | None = None):
     return msg
 
 
-def _ar(arrays):
-    from flwr.app import Array, ArrayRecord
+def _packed(arrays: dict) -> dict:
+    from shared.federation.records import pack_state
 
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+    packed, layout = pack_state({k: np.asarray(v) for k, v in arrays.items()})
+    return {"arrays": packed, "layout": layout}
+
+
+def test_packed_state_round_trips_mixed_dtypes_and_refuses_what_does_not_fit():
+    """One flat array per dtype travels; names, shapes, dtypes and order come back, and a
+    layout that does not place every value (or places more) is refused, never guessed."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from shared.federation.records import pack_state, unpack_state
+
+    rng = np.random.default_rng(0)
+    state = {
+        "conv.weight": rng.normal(size=(4, 2, 3, 3, 3)).astype(np.float32),
+        "bn.num_batches_tracked": np.array(7, np.int64),
+        "conv.bias": rng.normal(size=4).astype(np.float32),
+        "fc.weight": rng.normal(size=(1, 8)).astype(np.float32),
+    }
+    arrays, layout = pack_state(state)
+    assert sorted(arrays.keys()) == ["packed-<f4", "packed-<i8"]  # two Arrays, not four
+    back = unpack_state(arrays, layout)
+    assert list(back) == list(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        np.testing.assert_array_equal(back[k], v)
+    # a reply is packed in its request's order (names it does not hold are skipped)
+    first = unpack_state(*pack_state(state, order=["fc.weight", "not-there", "conv.bias"]))
+    assert list(first) == ["fc.weight", "conv.bias", "conv.weight", "bn.num_batches_tracked"]
+    short = ArrayRecord(
+        {
+            "packed-<f4": Array(arrays["packed-<f4"].numpy()[:-1]),
+            "packed-<i8": arrays["packed-<i8"],
+        }
+    )
+    with pytest.raises(ValueError, match="too short"):
+        unpack_state(short, layout)
+    longer = ArrayRecord(
+        {
+            "packed-<f4": Array(np.append(arrays["packed-<f4"].numpy(), np.float32(0))),
+            "packed-<i8": arrays["packed-<i8"],
+        }
+    )
+    with pytest.raises(ValueError, match="does not place"):
+        unpack_state(longer, layout)
+    with pytest.raises(ValueError, match="no 'layout'"):
+        unpack_state(arrays, None)
+    with pytest.raises(ValueError, match="do not match"):
+        unpack_state(ArrayRecord({"packed-<f4": arrays["packed-<f4"]}), layout)
+    bad = ConfigRecord({"names": ["a"], "shapes": "[[2]", "dtypes": ["<f4"]})
+    with pytest.raises(ValueError, match="unreadable"):
+        unpack_state(arrays, bad)
+
+
+def test_fedavg_over_packed_weights_is_the_per_tensor_weighted_average():
+    """The server averages the packed arrays (Flower's FedAvg); unpacked, that must be the
+    num-examples-weighted mean of each tensor."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from shared.federation.records import unpack_state
+
+    rng = np.random.default_rng(1)
+    states = [
+        {
+            "w": rng.normal(size=(3, 2)).astype(np.float32),
+            "b": rng.normal(size=2).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
+    counts = [5, 1, 10]
+    states = [{k: v.astype(np.float32) for k, v in s.items()} for s in states]
+    replies = [_reply(i + 1, s, n=n) for i, (s, n) in enumerate(zip(states, counts, strict=True))]
+    merged, _ = FedAvg(weighted_by_key="num-examples").aggregate_train(1, replies)
+    got = unpack_state(merged, replies[0].content.config_records["layout"])
+    for k in ("w", "b"):
+        want = sum(n * s[k] for s, n in zip(states, counts, strict=True)) / sum(counts)
+        np.testing.assert_allclose(got[k], want, rtol=1e-6)
 
 
 def test_validation_rejects_bad_replies():
@@ -337,6 +416,13 @@ def test_validation_rejects_bad_replies():
     assert "shape" in reasons[6] and "names" in reasons[7]
     assert "median" in reasons[8] and "node crashed" in reasons[9]
     assert "num-examples" in reasons[10]
+    # packed weights in another order would be averaged into the wrong tensors
+    swapped = _reply(11, {"b": np.ones(2, np.float32), "w": np.zeros((3, 2), np.float32)})
+    unfit = _reply(12, {"w": np.zeros((3, 2), np.float32), "b": np.ones(2, np.float32)})
+    unfit.content.config_records["layout"]["shapes"] = "[[3, 2], [3]]"
+    _, rej3, _ = validate_replies([*good, swapped, unfit], ref, norm_factor=10.0)
+    reasons = {r.node_id: r.reason for r in rej3}
+    assert "order" in reasons[11] and "unreadable" in reasons[12]
     # two replies: the outlier is caught against the other one alone
     acc2, rej2, _ = validate_replies([good[0], huge], ref, norm_factor=10.0)
     assert [r.node_id for r in rej2] == [8] and len(acc2) == 1

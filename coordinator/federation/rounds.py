@@ -53,6 +53,7 @@ from shared.federation.records import (
     K_SEQUENCES,
     K_SPLIT,
     K_STEPS,
+    LAYOUT,
     METRICS,
     MSG_DESCRIBE,
     MSG_EVALUATE,
@@ -60,7 +61,10 @@ from shared.federation.records import (
     NODE,
     ROLE_SITE,
     ROLE_TARGET,
+    pack_state,
     split_list,
+    unpack_state,
+    unpack_torch,
 )
 
 LOG = logging.getLogger("coordinator.federation")
@@ -261,12 +265,16 @@ class Federation:
     def name(self, node: int) -> str:
         return f"{self.names.get(node, 'node')} (node {node})"
 
-    def send(self, arrays, config: dict[str, Any], nodes: list[int], kind: str) -> Exchange:
-        """One bounded exchange with the nodes of ``nodes`` that are still connected."""
+    def send(
+        self, packed: tuple[Any, Any], config: dict[str, Any], nodes: list[int], kind: str
+    ) -> Exchange:
+        """One bounded exchange with the nodes of ``nodes`` that are still connected;
+        ``packed`` is the global model as ``pack_state`` returns it."""
         from flwr.app import ConfigRecord, Message, RecordDict
 
         reached, offline = _reached(self.grid, nodes)
-        content = RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)})
+        arrays, layout = packed
+        content = RecordDict({ARRAYS: arrays, LAYOUT: layout, CONFIG: ConfigRecord(config)})
         msgs = [Message(content, dst_node_id=n, message_type=kind) for n in reached]
         return exchange(self.grid, msgs, self.cfg.round_timeout, offline)
 
@@ -276,14 +284,12 @@ class Federation:
         """Train on the phase's nodes, check and average their replies (every rejection and
         missing reply is logged), evaluate on the target node(s). Returns (new state, metrics
         row); raises ``FederationError`` when fewer valid replies than the minimum arrive."""
-        from flwr.app import ArrayRecord
-
         cfg, t0 = self.cfg, time.monotonic()
         trainers = self.sites if phase == "pretrain" else self.targets
         minimum = cfg.min_sites if phase == "pretrain" else cfg.min_targets
-        arrays = ArrayRecord(state)
-        reference = {k: v.numpy() for k, v in arrays.items()}
-        ex = self.send(arrays, _request(cfg, phase, r), trainers, MSG_TRAIN)
+        packed = pack_state(state)
+        reference = unpack_state(*packed)
+        ex = self.send(packed, _request(cfg, phase, r), trainers, MSG_TRAIN)
         accepted, rejected, _ = validate_replies(
             ex.replies, reference, cfg.norm_factor, self.audit_heads
         )
@@ -301,8 +307,11 @@ class Federation:
                 + "; ".join(f"{x['node']}: {x['reason']}" for x in rej),
                 hint="checkpoints up to the previous round are kept; rerun to continue",
             )
+        # every accepted reply's layout is the request's (validation), so FedAvg over the
+        # packed arrays is FedAvg over the tensors
         new_arrays, _ = self.strategy.aggregate_train(r, accepted)
         assert new_arrays is not None
+        new = (new_arrays, packed[1])
         row: dict[str, Any] = {
             "round": r,
             "phase": phase,
@@ -313,18 +322,18 @@ class Federation:
             "missing-nodes": "; ".join(self.name(n) for n in sorted(ex.missing)),
             "train-loss": _weighted(accepted, "train-loss"),
         }
-        evaluation = self.evaluate(r, new_arrays)
+        evaluation = self.evaluate(r, new)
         if evaluation:
             ok = [m for m in evaluation.replies if not m.has_error()]
             row |= {k: _weighted(ok, k) for k in ("test-auc", "test-ap", "test-loss")}
         row |= _costs(ex, evaluation, time.monotonic() - t0)
-        return new_arrays.to_torch_state_dict(), row
+        return unpack_torch(*new), row
 
-    def evaluate(self, r: int, arrays) -> Exchange | None:
+    def evaluate(self, r: int, packed: tuple[Any, Any]) -> Exchange | None:
         """Score the new global model on the target node(s)' held-out split."""
         if not self.targets:
             return None
-        ex = self.send(arrays, _request(self.cfg, "adapt", r), self.targets, MSG_EVALUATE)
+        ex = self.send(packed, _request(self.cfg, "adapt", r), self.targets, MSG_EVALUATE)
         for n, why in ex.missing.items():
             _say(self.log, f"round {r}: no evaluation from {self.name(n)}: {why}")
         for m in ex.replies:

@@ -23,6 +23,7 @@ from shared.federation.records import (
     CONFIG,
     K_FRACTION,
     K_SPLIT,
+    LAYOUT,
     METRICS,
     MSG_DESCRIBE,
     MSG_EVALUATE,
@@ -30,6 +31,8 @@ from shared.federation.records import (
     NODE,
     NUM_EXAMPLES,
     ROLE_TARGET,
+    pack_state,
+    request_state,
 )
 
 EXTERNAL = Path("cases") / "external"
@@ -104,8 +107,7 @@ def handle(kind: str, msg, context, node: NodeIdentity):
 
 def _work(kind: str, msg, node: NodeIdentity, policy):
     """Train or evaluate request: check it against the policy, then fine-tune or score."""
-    import torch  # noqa: F401  (Flower's torch conversions need it imported)
-    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.app import MetricRecord, RecordDict
 
     from coordinator.study.splits import fraction_subsets
     from shared.federation.local import (
@@ -119,11 +121,9 @@ def _work(kind: str, msg, node: NodeIdentity, policy):
     config = dict(msg.content.config_records.get(CONFIG, {}))
     steps_cfg = config if kind == MSG_TRAIN else config | {"local-steps": 1}
     req = check_request(policy, steps_cfg, default_data="external")
-    if ARRAYS not in msg.content.array_records:
-        raise InputError("request carries no global weights")
     sequences = requested_sequences(config)
     data, split, _split_seed = _data(node, config, sequences)
-    global_state = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    global_state = request_state(msg.content)
     network = str(config.get("network", "small-cnn"))
     if kind == MSG_EVALUATE:
         test = data.subset(split.test)
@@ -152,7 +152,8 @@ def _work(kind: str, msg, node: NodeIdentity, policy):
         "clipped": int(res.clipped),
     }
     digest, nbytes = arrays_digest({k: v.numpy() for k, v in res.state.items()})
-    content = RecordDict({ARRAYS: ArrayRecord(res.state), METRICS: MetricRecord(metrics)})
+    arrays, layout = pack_state(res.state, order=global_state)
+    content = RecordDict({ARRAYS: arrays, LAYOUT: layout, METRICS: MetricRecord(metrics)})
     return content, {
         "returned": ["classifier-weights", "metrics"],
         "data": "external",

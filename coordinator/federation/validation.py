@@ -1,11 +1,12 @@
 """Check every reply before it is aggregated.
 
 A reply is rejected (and logged with its reason) if it is an error, lacks the ``arrays`` or
-``metrics`` record or a positive finite ``num-examples``, has other tensor names, shapes or
-dtypes than the global model, holds NaN or Inf, or if its update norm (distance from the global
-model) exceeds ``norm_factor`` times the median of the *other* replies' update norms, or if
-the site's audit-log head it carries (ConfigRecord ``audit-head``) went backwards or moved to
-another hash at a position seen before in this run: the site's log was cut back or rebuilt.
+``metrics`` record or a positive finite ``num-examples``, has packed weights that do not fit
+their ``layout``, other tensor names (or order), shapes or dtypes than the global model, holds
+NaN or Inf, or if its update norm (distance from the global model) exceeds ``norm_factor``
+times the median of the *other* replies' update norms, or if the site's audit-log head it
+carries (ConfigRecord ``audit-head``) went backwards or moved to another hash at a position
+seen before in this run: the site's log was cut back or rebuilt.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import numpy as np
 
 from shared.bundle.anchor import AUDIT_HEAD_RECORD, AuditHead
 from shared.errors import IntegrityError
-from shared.federation.records import ARRAYS, METRICS, NUM_EXAMPLES, update_norm
+from shared.federation.records import (
+    ARRAYS,
+    LAYOUT,
+    METRICS,
+    NUM_EXAMPLES,
+    unpack_state,
+    update_norm,
+)
 
 
 @dataclass(frozen=True)
@@ -42,21 +50,23 @@ def _check_one(msg, reference: dict[str, np.ndarray]) -> tuple[str | None, float
     n = content.metric_records[METRICS].get(NUM_EXAMPLES)
     if not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
         return f"'{NUM_EXAMPLES}' must be a positive number, not {n!r}", math.nan
-    record = content.array_records[ARRAYS]
-    keys = set(record.keys())
-    if keys != set(reference):
-        missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
+    try:
+        arrays = unpack_state(content.array_records[ARRAYS], content.config_records.get(LAYOUT))
+    except ValueError as exc:
+        return f"weights unreadable: {exc}", math.nan
+    if list(arrays) != list(reference):
+        if set(arrays) == set(reference):  # FedAvg averages packed arrays: order matters
+            return "tensor order differs from the global model's", math.nan
+        missing, extra = sorted(set(reference) - set(arrays)), sorted(set(arrays) - set(reference))
         return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]})", math.nan
-    arrays: dict[str, np.ndarray] = {}
     for k, ref in reference.items():
-        a = record[k].numpy()
+        a = arrays[k]
         if a.shape != ref.shape:
             return f"tensor {k} has shape {a.shape}, expected {ref.shape}", math.nan
         if a.dtype != ref.dtype:
             return f"tensor {k} has dtype {a.dtype}, expected {ref.dtype}", math.nan
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
             return f"tensor {k} holds NaN or Inf", math.nan
-        arrays[k] = a
     return None, update_norm(arrays, reference)
 
 

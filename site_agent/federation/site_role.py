@@ -25,6 +25,7 @@ from shared.federation.policy import PolicyRefusal, check_request, load_policy
 from shared.federation.records import (
     ARRAYS,
     CONFIG,
+    LAYOUT,
     METRICS,
     MSG_DESCRIBE,
     MSG_EVALUATE,
@@ -32,6 +33,8 @@ from shared.federation.records import (
     NODE,
     NUM_EXAMPLES,
     ROLE_SITE,
+    pack_state,
+    request_state,
 )
 
 CASE_STORES = {"synthetic": Path("cases") / "synthetic", "real": Path("cases") / "real"}
@@ -109,7 +112,7 @@ def _load(node: NodeIdentity, data: str, sequences: list[str]):
 
 def handle(kind: str, msg, context, node: NodeIdentity):
     """Return (RecordDict, audit details) or raise ``PolicyRefusal`` / ``InputError``."""
-    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
     policy = load_policy(node.workspace, ROLE_SITE)
     if kind == MSG_DESCRIBE:
@@ -137,8 +140,6 @@ def handle(kind: str, msg, context, node: NodeIdentity):
         raise PolicyRefusal(f"message type {msg.metadata.message_type!r} is not served by a site")
     # torch (and MONAI) only for training: a describe answers without them (the ClientApp
     # starts anew for every message on a deployed node).
-    import torch  # noqa: F401  (Flower's torch conversions need it imported)
-
     from shared.federation.local import (
         arrays_digest,
         request_train_config,
@@ -148,18 +149,16 @@ def handle(kind: str, msg, context, node: NodeIdentity):
 
     config = dict(msg.content.config_records.get(CONFIG, {}))
     req = check_request(policy, config, default_data="synthetic")
-    if "arrays" not in msg.content.array_records:
-        raise InputError("train request carries no global weights")
     sequences = requested_sequences(config)
     data = _load(node, req["data"], sequences)
     cfg = request_train_config(config, req["local-steps"], len(sequences))
-    global_state = msg.content.array_records[ARRAYS].to_torch_state_dict()
+    global_state = request_state(msg.content)
     res = train_local(global_state, data, cfg, policy.dp_clip_norm)
     state = res.state
     if node.options.get("test-fault") == "nan":  # test hook, set by the node itself only
         first = next(k for k, v in state.items() if v.is_floating_point())
         state[first] = state[first].clone().fill_(float("nan"))
-    record = ArrayRecord(state)
+    record, layout = pack_state(state, order=global_state)
     metrics = {
         NUM_EXAMPLES: len(data),
         "train-loss": res.loss,
@@ -171,6 +170,7 @@ def handle(kind: str, msg, context, node: NodeIdentity):
     content = RecordDict(
         {
             ARRAYS: record,
+            LAYOUT: layout,
             METRICS: MetricRecord(metrics),
             AUDIT_HEAD_RECORD: _head_record(node.workspace),
         }
