@@ -65,7 +65,7 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def pack_state(state: Mapping[str, Any], order: Any = ()):
+def pack_state(state: Mapping[str, Any], order: Any = ()) -> tuple[Any, Any]:
     """A state dict (torch tensors or numpy arrays) as (ArrayRecord, layout ConfigRecord): one
     flat array per dtype, and the names, shapes and dtypes to split it again.
 
@@ -80,9 +80,9 @@ def pack_state(state: Mapping[str, Any], order: Any = ()):
     names, shapes, dtypes = [], [], []
     groups: dict[str, list[np.ndarray]] = {}
     first = [k for k in order if k in state]
-    for name in [*first, *(k for k in state if k not in set(first))]:
-        value = state[name]
-        a = _as_numpy(value)
+    seen = set(first)
+    for name in [*first, *(k for k in state if k not in seen)]:
+        a = _as_numpy(state[name])
         names.append(str(name))
         shapes.append(list(a.shape))
         dtypes.append(a.dtype.str)
@@ -103,11 +103,12 @@ def unpack_state(arrays: Any, layout: Any) -> dict[str, np.ndarray]:
         dtypes = [np.dtype(str(d)) for d in layout["dtypes"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"unreadable '{LAYOUT}' record ({exc})") from None
-    if not len(names) == len(shapes) == len(dtypes) or len(set(names)) != len(names):
+    if not len(names) == len(shapes) == len(dtypes):
         raise ValueError(
-            f"'{LAYOUT}' lists {len(names)} names, {len(shapes)} shapes and {len(dtypes)} "
-            "dtypes, or a name twice"
+            f"'{LAYOUT}' lists {len(names)} names, {len(shapes)} shapes and {len(dtypes)} dtypes"
         )
+    if len(set(names)) != len(names):
+        raise ValueError(f"'{LAYOUT}' lists a tensor name twice")
     flat: dict[str, np.ndarray] = {}
     for key in arrays:
         if not key.startswith(PACKED):

@@ -17,7 +17,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
@@ -158,7 +158,7 @@ class ElementCache:
 
     def __init__(self) -> None:
         self._encoded: dict[tuple[object, ...], bytes] = {}
-        self._stacks: dict[int, tuple[Dataset, list[tuple[int, bytes]]]] = {}
+        self._stack: tuple[Dataset, list[tuple[int, bytes]]] | None = None  # the last one
         self._meta_parts: dict[tuple[str, str], list[tuple[int, bytes]]] = {}
 
     @staticmethod
@@ -197,16 +197,9 @@ class ElementCache:
         charset = ds.get("SpecificCharacterSet", "iso8859")
         return b"".join(data for _, data in self._parts(ds, implicit, charset))
 
-    def _meta(self, meta: FileMetaDataset) -> bytes:
-        validate_file_meta(meta, enforce_standard=True)
-        fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
-        write_file_meta_info(fp, meta, enforce_standard=True)
-        return fp.getvalue()
-
-    def _meta_fast(self, sop_class: str, sop_instance: str, syntax: str) -> bytes:
-        """``_meta`` for a file of this series: the elements every file shares encoded once,
-        the instance UID and the group length per file."""
+    def _meta(self, sop_class: str, sop_instance: str, syntax: str) -> bytes:
+        """The file meta group as ``write_file_meta_info`` writes it: the elements every file
+        of the series shares encoded once, the instance UID and the group length per file."""
         shared = self._meta_parts.get((sop_class, syntax))
         if shared is None:
             meta = FileMetaDataset()
@@ -230,7 +223,10 @@ class ElementCache:
         implicit = meta.TransferSyntaxUID == ImplicitVRLittleEndian
         # PS3.5 A.4: encapsulated pixel data has undefined length, native pixel data its own
         ds["PixelData"].is_undefined_length = meta.TransferSyntaxUID.is_compressed
-        path.write_bytes(PREAMBLE + self._meta(meta) + self.body(ds, implicit))
+        head = self._meta(
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID
+        )
+        path.write_bytes(PREAMBLE + head + self.body(ds, implicit))
 
     def write_slice(self, stack: Dataset, slice_ds: Dataset, syntax: str, path: Path) -> None:
         """The file of ``stack`` (the header its slices share, encoded once per stack) with
@@ -243,15 +239,13 @@ class ElementCache:
         # what correct_ambiguous_vr decides for pixel data (PS3.5 A.1, A.2, A.4)
         pixels.VR = "OB" if compressed or int(stack.BitsAllocated) <= 8 else "OW"
         charset = stack.get("SpecificCharacterSet", "iso8859")
-        # keyed by identity; the entry holds the stack, so its id is not reused meanwhile
-        held, shared = self._stacks.get(id(stack), (None, []))
-        if held is not stack:
-            shared = self._parts(correct_ambiguous_vr(stack, True), implicit, charset)
-            self._stacks[id(stack)] = (stack, shared)
+        if self._stack is None or self._stack[0] is not stack:  # a series' next stack
+            self._stack = (stack, self._parts(correct_ambiguous_vr(stack, True), implicit, charset))
+        shared = self._stack[1]
         own = self._parts(slice_ds, implicit, charset)
         mine = {tag for tag, _ in own}
         merged = sorted([*(p for p in shared if p[0] not in mine), *own], key=lambda p: p[0])
-        meta = self._meta_fast(stack.SOPClassUID, slice_ds.SOPInstanceUID, syntax)
+        meta = self._meta(stack.SOPClassUID, slice_ds.SOPInstanceUID, syntax)
         path.write_bytes(PREAMBLE + meta + b"".join(data for _, data in merged))
 
 
