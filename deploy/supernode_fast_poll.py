@@ -25,16 +25,21 @@ from flower_retries import retry_sooner  # deploy/, beside this script
 
 POLL_ENV = "SUPERNODE_POLL_SECONDS"
 DEFAULT_POLL = 0.25
+# Flower's sleeps shorter than this wait on the node's own state (in memory), not on the
+# SuperLink: they are cut to LOCAL_WAIT.
+LOCAL_BELOW = 1.0
+LOCAL_WAIT = 0.02
 
 
 class _CappedSleep:
-    """``time`` for one module: ``sleep`` lasts at most ``cap`` seconds, the rest is time's."""
+    """``time`` for one module: ``sleep`` lasts at most ``cap`` seconds (``LOCAL_WAIT`` for
+    Flower's in-memory waits, those under ``LOCAL_BELOW``); the rest is time's."""
 
     def __init__(self, cap: float) -> None:
         self.cap = cap
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.cap))
+        time.sleep(min(seconds, LOCAL_WAIT if seconds < LOCAL_BELOW else self.cap))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)

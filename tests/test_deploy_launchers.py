@@ -150,9 +150,12 @@ def test_supernode_poll_sleeps_are_capped_and_nothing_else_changes(monkeypatch):
     fp = _module("supernode_fast_poll")
     monkeypatch.setattr(loop, "time", real_time)  # restored after the test
     fp.patch(0.05)
-    t0 = real_time.monotonic()
-    loop.time.sleep(3)  # Flower's idle poll
-    assert real_time.monotonic() - t0 < 1.0
+    slept: list[float] = []
+    monkeypatch.setattr(real_time, "sleep", slept.append)
+    loop.time.sleep(3)  # Flower's idle poll of the SuperLink
+    loop.time.sleep(0.5)  # Flower's wait for the ClientApp's reply, in the node's memory
+    loop.time.sleep(0.001)  # shorter than the cap: as asked
+    assert slept == [0.05, fp.LOCAL_WAIT, 0.001]
     assert loop.time.monotonic is real_time.monotonic  # the rest is time's own
     with pytest.raises(SystemExit, match="stock-flower"):
         fp.patch(0.05)  # a second patch: the loop's time is no longer the module it knows
