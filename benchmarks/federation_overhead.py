@@ -120,11 +120,17 @@ def baseline_deployment(ref: str, work: Path, rounds: tuple[int, int]) -> dict[s
     return {"ref": ref} | run
 
 
+LAST = "last"  # the run's last round: it also pays the exchange that scores its model
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Median per phase of every timed and byte column."""
+    """Median per phase of every timed and byte column. The run's last round, which also
+    pays for the exchange that scores its model (every other round's model is scored in the
+    next round's exchange), is summarised on its own (``LAST``)."""
     by_phase: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_phase[row["phase"]].append(row)
+    for i, row in enumerate(rows):
+        closing = i == len(rows) - 1 and row.get("eval-seconds") is not None
+        by_phase[LAST if closing and len(rows) > 1 else row["phase"]].append(row)
     return {
         phase: {
             k: statistics.median(float(r[k]) for r in rs if r.get(k) is not None)
@@ -368,6 +374,8 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     for mode, run in result["runs"].items():
         for phase, s in run["summary"].items():
             label = f"{mode}, {phase} round"
+            if phase == LAST:
+                label = f"{mode}, last round (+ the exchange that scores its model)"
             figs += _run_figures(label, s)
             figs += [
                 _figure(
@@ -465,7 +473,7 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pretrain", type=int, default=2, help="pretraining rounds (2 sites)")
-    ap.add_argument("--adapt", type=int, default=1, help="adaptation rounds (target node)")
+    ap.add_argument("--adapt", type=int, default=2, help="adaptation rounds (target node)")
     modes = ["simulation", "deployment"]
     ap.add_argument("--modes", nargs="+", default=modes, choices=modes)
     ap.add_argument("--repeats", type=int, default=3, help="fresh-process start-up repeats")

@@ -600,6 +600,127 @@ def test_exchange_names_every_missing_node_and_never_waits_past_its_timeout():
     assert ex.wire_bytes_down > ex.array_bytes_down and ex.wire_bytes_up > 0
 
 
+class _ScriptedNodes:
+    """A grid whose nodes answer at once: sites 2 and 3 return the weights they receive plus
+    1, target 4 plus 0.5 when it trains. The target's score of a model is a function of that
+    model (``_score``), so a test can tell which round's model each score belongs to."""
+
+    def __init__(self, crash_in_round: int | None = None):
+        self.ROLES = {2: ("site", "aurora"), 3: ("site", "borealis"), 4: ("target", "target")}
+        self.sent: dict[str, object] = {}
+        self.exchanges: list[list[tuple[int, str, int, bool]]] = []
+        self.crash_in_round = crash_in_round
+
+    def get_node_ids(self):
+        return list(self.ROLES)
+
+    def push_messages(self, msgs):
+        batch = []
+        for m in msgs:
+            cfg = m.content.config_records["config"]
+            r = int(cfg["server-round"])
+            if r == self.crash_in_round:
+                raise RuntimeError("the ServerApp's process died")
+            m.metadata.__dict__["_message_id"] = f"msg-{len(self.sent)}"
+            self.sent[m.metadata.message_id] = m
+            node = int(m.metadata.dst_node_id)
+            batch.append((node, m.metadata.message_type, r, bool(cfg.get("evaluate-received"))))
+        self.exchanges.append(batch)
+        return [m.metadata.message_id for m in msgs]
+
+    def pull_messages(self, ids):
+        return [self._answer(self.sent[mid]) for mid in ids]
+
+    def _answer(self, req):
+        from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+        from shared.federation.records import pack_state, unpack_state
+
+        node, kind = int(req.metadata.dst_node_id), req.metadata.message_type
+        role, site = self.ROLES[node]
+        if kind == "query.describe":
+            content = RecordDict(
+                {
+                    "node": ConfigRecord({"role": role, "site": site}),
+                    "metrics": MetricRecord({"num-examples": 10}),
+                }
+            )
+        else:
+            state = unpack_state(req.content["arrays"], req.content["layout"])
+            scores = {"num-examples": 7, "test-auc": _score(state), "test-ap": 0.5}
+            if kind == "evaluate":
+                content = RecordDict({"metrics": MetricRecord(scores | {"test-loss": 1.0})})
+            else:
+                step = 1.0 if role == "site" else 0.5
+                new = {k: v + step if v.dtype.kind == "f" else v for k, v in state.items()}
+                met = {"num-examples": 10, "train-loss": 0.5}
+                if req.content["config"].get("evaluate-received"):
+                    met |= {"received-" + k: v for k, v in scores.items()}
+                arrays, layout = pack_state(new, order=state)
+                content = RecordDict(
+                    {"arrays": arrays, "layout": layout, "metrics": MetricRecord(met)}
+                )
+        reply = Message(content, reply_to=req)
+        reply.metadata.__dict__["_src_node_id"] = node
+        return reply
+
+
+def _score(state) -> float:
+    mean = np.mean([v.mean() for v in state.values() if v.dtype.kind == "f"])
+    return float(np.tanh(abs(mean)))
+
+
+def test_each_rounds_model_is_scored_with_the_next_rounds_requests(tmp_path):
+    """Evaluation rides with the next round's requests: the target gets an evaluate request
+    beside the sites' train requests while pretraining, and scores the model it receives
+    before training while adapting; only the last round's model costs an exchange of its own.
+    Every score lands on the row (and checkpoint) of the model it scored, also across a
+    crash and resume."""
+    from coordinator.federation.checkpoints import round_dir
+    from coordinator.federation.config import FederationConfig
+    from coordinator.federation.rounds import run_federation
+    from shared.weights import load_weights
+
+    out = tmp_path / "out"
+    cfg = FederationConfig(
+        out_dir=str(out), pretrain_rounds=2, adapt_rounds=2, min_sites=2, round_timeout=5
+    )
+    crashing = _ScriptedNodes(crash_in_round=4)
+    with pytest.raises(RuntimeError, match="died"):
+        run_federation(crashing, cfg)
+    rows = json.loads((out / "state.json").read_text())["rows"]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert "evaluators" not in rows[2]  # round 3's scores were to come with round 4
+
+    grid = _ScriptedNodes()
+    summary = run_federation(grid, cfg)
+    assert summary["resumed-from"] == 3 and summary["ran"] == 1
+    exchanges = crashing.exchanges + grid.exchanges
+    train_and_score = [sorted(x) for x in exchanges if x[0][1] != "query.describe"]
+    assert train_and_score == [
+        [(2, "train", 1, False), (3, "train", 1, False)],
+        [(2, "train", 2, False), (3, "train", 2, False), (4, "evaluate", 1, False)],
+        [(4, "train", 3, True)],  # round 2's model: scored by the target as it trains
+        [(4, "train", 4, True)],  # the resumed run: round 3's model rides with round 4
+        [(4, "evaluate", 4, False)],  # the last round's model: an exchange of its own
+    ]
+    rows = json.loads((out / "state.json").read_text())["rows"]
+    table = list(csv.DictReader((out / "metrics.csv").open()))
+    for r, row, line in zip([1, 2, 3, 4], rows, table, strict=True):
+        state, checkpoint = load_weights(round_dir(out, r))
+        expected = _score({k: v.numpy() for k, v in state.items()})
+        assert row["round"] == r and row["evaluators"] == 1
+        assert row["test-auc"] == pytest.approx(expected)
+        assert checkpoint["metrics"]["test-auc"] == pytest.approx(expected)
+        assert float(line["test-auc"]) == pytest.approx(expected)
+    pretrained = json.loads((out / "pretrained" / "config.json").read_text())
+    assert pretrained["rounds"] == 2
+    assert pretrained["metrics"]["test-auc"] == pytest.approx(rows[1]["test-auc"])
+    # costs: the last round also paid for the exchange that scored its model
+    assert rows[3]["eval-seconds"] is not None and rows[2]["eval-seconds"] is None
+    assert all(r["overhead-seconds"] >= 0 for r in rows)
+
+
 def test_failure_reason_is_one_line_without_flowers_prefix():
     from coordinator.federation.runner import failure_reason
 

@@ -91,6 +91,16 @@ def _wait_for_stall(marker: Path, run: _Background, timeout: float = 900) -> flo
     return time.monotonic()
 
 
+def _wait_for_log(log: Path, text: str, count: int, run: _Background, timeout: float = 900) -> None:
+    """Wait until ``text`` appears ``count`` times in a process's log; ``timeout`` is a safety
+    bound only."""
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(text) < count:
+        assert run.thread.is_alive(), f"the run ended first: {run.error!r}"
+        assert time.monotonic() < deadline, log.read_text(errors="replace")[-1500:]
+        time.sleep(0.2)
+
+
 def _rows(out: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((out / "metrics.csv").open()))
 
@@ -209,9 +219,10 @@ def test_tls_deployment_rejoins_a_restarted_supernode_and_resumes_after_a_superl
 ):
     """The faults Flower users report most, with real processes:
 
-    1. A site's SuperNode loses power mid-run (SIGKILL while the run is held in round 1's
-       evaluation) and is restarted with the same key: it gets its node id back, and the run,
-       which needs both sites every round, completes without a SuperLink restart.
+    1. A site's SuperNode loses power mid-run (SIGKILL while the run is held in round 2,
+       whose exchange also scores round 1's model, after the site sent its round-2 reply)
+       and is restarted with the same key: it gets its node id back, and the run, which
+       needs both sites every round, completes without a SuperLink restart.
     2. The SuperLink loses power mid-run and is restarted on its state database: the
        registrations and node ids are still there (nothing is registered again), the
        SuperNodes reconnect by themselves, and rerunning the federation resumes after the
@@ -229,21 +240,25 @@ def test_tls_deployment_rejoins_a_restarted_supernode_and_resumes_after_a_superl
         ids = {n["node-id"] for n in dep.supernodes()}
         aurora = dep.activations("aurora")[-1]
 
-        # (1) aurora crashes and comes back while round 1 is held; round 2 needs it
+        # (1) aurora crashes and comes back while round 2 is held; round 3 needs it
         out = tmp_path / "out-node"
-        run = _Background(dep.fed_toml(tmp_path / "node.toml", out, (2, 0), min_sites=2))
-        _wait_for_stall(hold, run)
+        run = _Background(dep.fed_toml(tmp_path / "node.toml", out, (3, 0), min_sites=2))
+        _wait_for_stall(hold, run)  # the target scores round 1's model in round 2's exchange
+        # aurora's SuperNode has handed its describe, round-1 and round-2 replies to the link
+        _wait_for_log(dep.logs["aurora"], "Sent successfully", 3, run)
         dep.crash_node("aurora")
         assert dep.restart_node("aurora", "site", ws["aurora"]) == aurora
-        hold.unlink()  # round 1's evaluation goes on, then round 2 trains on both sites
+        hold.unlink()  # round 2 ends, then round 3 trains on both sites
         run.join(900)
         assert run.error is None, run.error
         assert run.result.status == "finished:completed"
         assert [(r["round"], r["accepted"], r["missing"]) for r in _rows(out)] == [
             ("1", "2", "0"),
             ("2", "2", "0"),
+            ("3", "2", "0"),
         ]
-        assert _replied_rounds(ws["aurora"], run.result.run_id) == [1, 2]
+        assert all(r["evaluators"] == "1" for r in _rows(out))
+        assert _replied_rounds(ws["aurora"], run.result.run_id) == [1, 2, 3]
         assert dep.superlink is not None and dep.superlink.poll() is None  # never restarted
 
         # (2) the SuperLink crashes once round 1 of a 3-round run is checkpointed
@@ -267,7 +282,9 @@ def test_tls_deployment_rejoins_a_restarted_supernode_and_resumes_after_a_superl
         state = json.loads((out / "state.json").read_text())
         assert state["last-round"] == 3
         assert [r["round"] for r in state["rows"]] == [1, 2, 3]
-        assert state["rows"][: done["last-round"]] == done["rows"]  # kept, not rerun
+        for kept, before in zip(state["rows"], done["rows"], strict=False):  # not rerun
+            assert {k: kept[k] for k in before} == before  # scores that came later are added
+        assert all(r["evaluators"] == 1 for r in state["rows"])
         assert [int(x) for x in dep.activations("aurora")][-1] == aurora
         assert (out / "final" / "model.safetensors").is_file()
     assert all(p.poll() is not None for p in dep.procs)

@@ -1,7 +1,8 @@
 """Per-round checkpoints, resume, and the federation's outputs.
 
 ``OUT/rounds/round-NNNN/`` holds each completed round's global model (safetensors + config with
-the round's metrics); ``OUT/state.json`` names the last completed round and the config
+the round's metrics; its test scores are added when the next exchange brings them);
+``OUT/state.json`` names the last completed round and the config
 fingerprint. A rerun with the same settings (round counts may grow) continues after the last
 completed round. ``OUT/metrics.csv``, ``OUT/metrics.png``, ``OUT/final/`` and
 ``OUT/rejections.jsonl`` are rewritten as rounds complete; ``OUT/pretrained/`` holds the global
@@ -19,7 +20,7 @@ from typing import Any
 
 from shared.atomic import atomic_write_json, atomic_write_text, clean_partials
 from shared.errors import InputError
-from shared.weights import load_weights, save_weights
+from shared.weights import CONFIG_FILE, load_weights, save_weights
 
 STATE = "state.json"
 PRETRAINED = "pretrained"
@@ -118,6 +119,24 @@ class CheckpointStore:
             self.out / STATE,
             {"last-round": r, "fingerprint": fingerprint, "phases": phases, "rows": rows},
         )
+        self.write_tables(rows)
+
+    def score_round(self, r: int, scores: dict[str, Any]) -> None:
+        """Add round ``r``'s model's test scores (they arrive with the next round's exchange)
+        to its row, its checkpoint's config and, for the end of phase 1, ``pretrained/``."""
+        st = self.state()
+        if not st or not any(int(x["round"]) == r for x in st.get("rows", [])):
+            return  # not checkpointed (a failed round): nothing to add them to
+        scores = _clean(scores)
+        rows = [x | scores if int(x["round"]) == r else x for x in st["rows"]]
+        for folder in (round_dir(self.out, r), self.out / PRETRAINED):
+            cfg_path = folder / CONFIG_FILE
+            if not cfg_path.is_file():
+                continue
+            cfg = json.loads(cfg_path.read_text())
+            if cfg.get("round", cfg.get("rounds")) == r:
+                atomic_write_json(cfg_path, cfg | {"metrics": cfg.get("metrics", {}) | scores})
+        atomic_write_json(self.out / STATE, st | {"rows": rows})
         self.write_tables(rows)
 
     def append_rejections(self, r: int, rejections: list[dict[str, Any]]) -> None:

@@ -6,10 +6,16 @@
    weighted by ``num-examples``).
 3. Phase 2, ``adapt-rounds`` rounds: source-free adaptation, the same on the target node(s)
    (fine-tuning on their external fraction; several targets are averaged).
-4. After every round the target node(s) evaluate the new global model on their held-out split;
-   the round's model and metrics are checkpointed; a rerun continues after the last one. When
-   phase 1 ends its global model is also written to ``OUT/pretrained/`` (the study's
-   ``kind = "federated"`` condition starts from it).
+4. The target node(s) score every round's global model on their held-out split. That
+   evaluation rides with the next round's requests instead of costing an exchange of its own:
+   in the pretraining phase the target nodes get an evaluate request beside the sites' train
+   requests (all carry the same global model); in the adaptation phase their train request
+   asks them to score the received model before training on it (``evaluate-received``). Only
+   the last round's model is scored in an exchange of its own. Each round's model and metrics
+   are checkpointed (its test scores are added when they arrive); a rerun continues after the
+   last round, scoring it first if its scores had not arrived. When phase 1 ends its global
+   model is also written to ``OUT/pretrained/`` (the study's ``kind = "federated"`` condition
+   starts from it).
 
 Every wait is bounded: ``node-wait-timeout`` for nodes to connect, ``round-timeout`` for each
 exchange of a round. A node that disconnects mid-round is recorded as missing for that round
@@ -18,8 +24,9 @@ up by the SuperLink (no heartbeat), or silent until ``round-timeout``. The round
 the others when they meet its minimum (``min-sites`` / ``min-targets``); otherwise the run stops
 with a one-line message naming what arrived, what was missing or rejected and why
 (checkpoints so far are kept for resume). Each row also records the round's cost: wall time,
-the slowest node's own compute time per exchange (the nodes report it), the overhead between
-them, and the bytes of the arrays and of Flower's serialized messages in both directions.
+the slowest node's own compute time (the nodes report it; nodes of one exchange work side by
+side), the overhead beyond it, and the bytes of the arrays and of Flower's serialized messages
+in both directions. The last round's row includes the exchange that scores its model.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from shared.federation.records import (
     CONFIG,
     K_BATCH,
     K_DATA,
+    K_EVALUATE_RECEIVED,
     K_FRACTION,
     K_LR,
     K_NETWORK,
@@ -59,6 +67,8 @@ from shared.federation.records import (
     MSG_EVALUATE,
     MSG_TRAIN,
     NODE,
+    NUM_EXAMPLES,
+    RECEIVED,
     ROLE_SITE,
     ROLE_TARGET,
     pack_state,
@@ -211,6 +221,40 @@ def _weighted(replies: list, key: str) -> float | None:
     return float(np.average(vals, weights=ws)) if vals else None
 
 
+SCORES = ("test-auc", "test-ap", "test-loss")
+
+
+def _scores(replies: list, prefix: str = "") -> list[dict[str, float]]:
+    """Each reply's held-out scores (keys ``prefix + SCORES``, weight ``prefix +
+    num-examples``), without the prefix; replies without them are left out."""
+    out = []
+    for m in replies:
+        if m.has_error():
+            continue
+        met = m.content.metric_records.get(METRICS, {})
+        n = met.get(prefix + NUM_EXAMPLES)
+        if isinstance(n, int | float) and n > 0 and prefix + SCORES[0] in met:
+            out.append({k: met.get(prefix + k) for k in SCORES} | {NUM_EXAMPLES: float(n)})
+    return out
+
+
+def _pooled(scores: list[dict[str, float]]) -> dict[str, Any]:
+    """The evaluators' scores averaged, weighted by their test-split sizes."""
+    row: dict[str, Any] = {"evaluators": len(scores)}
+    for k in SCORES:
+        pairs = [
+            (float(s[k]), s[NUM_EXAMPLES])
+            for s in scores
+            if isinstance(s[k], int | float) and np.isfinite(s[k])
+        ]
+        row[k] = (
+            float(np.average([v for v, _ in pairs], weights=[w for _, w in pairs]))
+            if pairs
+            else None
+        )
+    return row
+
+
 def _reached(grid, nodes: list[int]) -> tuple[list[int], dict[int, str]]:
     """The nodes still connected, and why the others are left out of this exchange."""
     online = set(grid.get_node_ids())
@@ -218,28 +262,48 @@ def _reached(grid, nodes: list[int]) -> tuple[list[int], dict[int, str]]:
     return [n for n in nodes if n in online], gone
 
 
-def _costs(train: Exchange, evaluation: Exchange | None, seconds: float) -> dict[str, Any]:
-    """Round wall time, the slowest node's compute time per exchange, what is left over
-    (the federation's overhead) and the bytes moved in both directions."""
-    exchanges = [train] + ([evaluation] if evaluation else [])
-    compute = [ex.compute_max() for ex in exchanges]
+def _from(ex: Exchange, nodes: list[int]) -> Exchange:
+    """The part of ``ex`` that ``nodes`` answered (or missed); time and bytes are the whole's."""
+    keep = set(nodes)
+    part = Exchange(
+        replies=[m for m in ex.replies if int(m.metadata.src_node_id) in keep],
+        missing={n: why for n, why in ex.missing.items() if n in keep},
+    )
+    part.seconds = ex.seconds
+    return part
+
+
+def _costs(
+    ex: Exchange, trainers: list[int], scoring: Exchange | None, seconds: float
+) -> dict[str, Any]:
+    """Round wall time, the slowest node's compute and start-up, what is left over (the
+    federation's overhead: nodes of one exchange work side by side, so the slowest one's
+    compute counts) and the bytes moved in both directions. ``scoring`` is the exchange of
+    its own that scores the last round's model."""
+    train = _from(ex, trainers)
+    answered = [int(m.metadata.src_node_id) for m in ex.replies]
+    beside = _from(ex, [n for n in [*answered, *ex.missing] if n not in trainers])
+    compute = [ex.compute_max()] + ([scoring.compute_max()] if scoring else [])
+    exchanges = [ex] + ([scoring] if scoring else [])
     return {
-        "evaluators": sum(1 for m in evaluation.replies if not m.has_error())
-        if evaluation
-        else None,
         "seconds": round(seconds, 3),
-        "train-seconds": round(train.seconds, 3),
-        "train-compute-max": compute[0],
+        "train-seconds": round(ex.seconds, 3),
+        "train-compute-max": train.compute_max(),
         "train-startup-max": train.startup_max(),
-        "eval-seconds": round(evaluation.seconds, 3) if evaluation else None,
-        "eval-compute-max": compute[1] if evaluation else None,
-        "eval-startup-max": evaluation.startup_max() if evaluation else None,
+        # evaluate requests beside the train requests (the previous model's), or the last
+        # round's scoring exchange
+        "eval-seconds": round(scoring.seconds, 3) if scoring else None,
+        "eval-compute-max": (scoring or beside).compute_max(),
+        "eval-startup-max": (scoring or beside).startup_max(),
         "overhead-seconds": round(seconds - sum(c or 0.0 for c in compute), 3),
-        "array-bytes-down": sum(ex.array_bytes_down for ex in exchanges),
-        "array-bytes-up": sum(ex.array_bytes_up for ex in exchanges),
-        "wire-bytes-down": sum(ex.wire_bytes_down for ex in exchanges),
-        "wire-bytes-up": sum(ex.wire_bytes_up for ex in exchanges),
+        "array-bytes-down": sum(x.array_bytes_down for x in exchanges),
+        "array-bytes-up": sum(x.array_bytes_up for x in exchanges),
+        "wire-bytes-down": sum(x.wire_bytes_down for x in exchanges),
+        "wire-bytes-up": sum(x.wire_bytes_up for x in exchanges),
     }
+
+
+Request = tuple[list[int], str, dict[str, Any]]  # nodes, message type, config
 
 
 class Federation:
@@ -265,41 +329,60 @@ class Federation:
     def name(self, node: int) -> str:
         return f"{self.names.get(node, 'node')} (node {node})"
 
-    def send(
-        self, packed: tuple[Any, Any], config: dict[str, Any], nodes: list[int], kind: str
-    ) -> Exchange:
-        """One bounded exchange with the nodes of ``nodes`` that are still connected;
-        ``packed`` is the global model as ``pack_state`` returns it."""
+    def send(self, packed: tuple[Any, Any], requests: list[Request]) -> Exchange:
+        """One bounded exchange: each request (nodes, message type, config) goes to those of
+        its nodes that are still connected, all with ``packed``, the global model as
+        ``pack_state`` returns it."""
         from flwr.app import ConfigRecord, Message, RecordDict
 
-        reached, offline = _reached(self.grid, nodes)
         arrays, layout = packed
-        content = RecordDict({ARRAYS: arrays, LAYOUT: layout, CONFIG: ConfigRecord(config)})
-        msgs = [Message(content, dst_node_id=n, message_type=kind) for n in reached]
+        msgs, offline = [], {}
+        for nodes, kind, config in requests:
+            reached, gone = _reached(self.grid, nodes)
+            offline |= gone
+            content = RecordDict({ARRAYS: arrays, LAYOUT: layout, CONFIG: ConfigRecord(config)})
+            msgs += [Message(content, dst_node_id=n, message_type=kind) for n in reached]
         return exchange(self.grid, msgs, self.cfg.round_timeout, offline)
 
     def run_round(
-        self, r: int, phase: str, state: dict[str, Any]
+        self, r: int, phase: str, state: dict[str, Any], score: int | None, last: bool
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Train on the phase's nodes, check and average their replies (every rejection and
-        missing reply is logged), evaluate on the target node(s). Returns (new state, metrics
-        row); raises ``FederationError`` when fewer valid replies than the minimum arrive."""
+        missing reply is logged). ``score`` names the round whose model ``state`` is, if its
+        test scores are still to come: the target node(s) score it in the same exchange. The
+        ``last`` round's new model is scored at once, in an exchange of its own. Returns (new
+        state, metrics row); round ``score``'s scores go to its checkpoint at once. Raises
+        ``FederationError`` when fewer valid replies than the minimum arrive."""
         cfg, t0 = self.cfg, time.monotonic()
         trainers = self.sites if phase == "pretrain" else self.targets
         minimum = cfg.min_sites if phase == "pretrain" else cfg.min_targets
         packed = pack_state(state)
         reference = unpack_state(*packed)
-        ex = self.send(packed, _request(cfg, phase, r), trainers, MSG_TRAIN)
+        train_cfg = _request(cfg, phase, r)
+        requests: list[Request] = [(trainers, MSG_TRAIN, train_cfg)]
+        scorers: list[int] = []
+        if score is not None and self.targets:
+            scorers = [n for n in self.targets if n not in trainers]
+            if scorers:
+                requests.append((scorers, MSG_EVALUATE, _request(cfg, "adapt", score)))
+            if len(scorers) < len(self.targets):  # target trainers score what they receive
+                train_cfg[K_EVALUATE_RECEIVED] = True
+        ex = self.send(packed, requests)
+        train = _from(ex, trainers)
         accepted, rejected, _ = validate_replies(
-            ex.replies, reference, cfg.norm_factor, self.audit_heads
+            train.replies, reference, cfg.norm_factor, self.audit_heads
         )
         rej = [x.to_json() | {"node": self.name(x.node_id)} for x in rejected] + [
             {"node-id": n, "node": self.name(n), "reason": why, "missing": True}
-            for n, why in sorted(ex.missing.items())
+            for n, why in sorted(train.missing.items())
         ]
         self.store.append_rejections(r, rej)
         for x in rej:
             _say(self.log, f"round {r}: no usable reply from {x['node']}: {x['reason']}")
+        if score is not None and self.targets:
+            scored = self._scored(score, _from(ex, scorers), train.replies)
+            self.store.score_round(score, scored)  # kept even if this round fails below
+            _say(self.log, f"round {score}'s model scored: {_describe_row(scored)}")
         if len(accepted) < minimum:
             raise FederationError(
                 f"round {r} ({phase}): {len(accepted)} valid repl(ies) of {len(trainers)} "
@@ -318,29 +401,29 @@ class Federation:
             "trainers": len(trainers),
             "accepted": len(accepted),
             "rejected": len(rejected),
-            "missing": len(ex.missing),
-            "missing-nodes": "; ".join(self.name(n) for n in sorted(ex.missing)),
+            "missing": len(train.missing),
+            "missing-nodes": "; ".join(self.name(n) for n in sorted(train.missing)),
             "train-loss": _weighted(accepted, "train-loss"),
         }
-        evaluation = self.evaluate(r, new)
-        if evaluation:
-            ok = [m for m in evaluation.replies if not m.has_error()]
-            row |= {k: _weighted(ok, k) for k in ("test-auc", "test-ap", "test-loss")}
-        row |= _costs(ex, evaluation, time.monotonic() - t0)
+        closing = None
+        if last and self.targets:
+            closing = self.send(new, [(self.targets, MSG_EVALUATE, _request(cfg, "adapt", r))])
+            row |= self._scored(r, closing, [])
+        row |= _costs(ex, trainers, closing, time.monotonic() - t0)
         return unpack_torch(*new), row
 
-    def evaluate(self, r: int, packed: tuple[Any, Any]) -> Exchange | None:
-        """Score the new global model on the target node(s)' held-out split."""
-        if not self.targets:
-            return None
-        ex = self.send(packed, _request(self.cfg, "adapt", r), self.targets, MSG_EVALUATE)
-        for n, why in ex.missing.items():
+    def _scored(self, r: int, evaluated: Exchange, trained: list) -> dict[str, Any]:
+        """Round ``r``'s model's pooled test scores: from the evaluate replies of
+        ``evaluated`` and the ``received-*`` scores of target train replies ``trained``."""
+        for n, why in evaluated.missing.items():
             _say(self.log, f"round {r}: no evaluation from {self.name(n)}: {why}")
-        for m in ex.replies:
+        for m in evaluated.replies:
             if m.has_error():
                 node = self.name(int(m.metadata.src_node_id))
                 _say(self.log, f"round {r}: evaluation failed on {node}: {m.error.reason}")
-        return ex
+        targets = set(self.targets)
+        own = [m for m in trained if int(m.metadata.src_node_id) in targets]
+        return _pooled(_scores(evaluated.replies) + _scores(own, RECEIVED))
 
 
 def _describe_row(row: dict[str, Any]) -> str:
@@ -377,9 +460,14 @@ def run_federation(grid, cfg: FederationConfig, log: Callable[[str], None] | Non
             f"{len(fed.targets)} target node(s) answered, {cfg.min_targets} needed"
         )
     ran = 0
+    # a resumed run first scores the last checkpointed model if its scores had not arrived
+    rows = store.rows()
+    pending = start - 1 if rows and "evaluators" not in rows[-1] else None
     for r in range(start, cfg.total_rounds + 1):
         phase = phases[r - 1]
-        state, row = fed.run_round(r, phase, state)
+        last = r == cfg.total_rounds or bool(cfg.stop_after_round and r >= cfg.stop_after_round)
+        state, row = fed.run_round(r, phase, state, pending, last)
+        pending = r
         store.save_round(r, phase, state, row, model_cfg, fp)
         if r == cfg.pretrain_rounds:
             store.write_pretrained(state, model_cfg, r)

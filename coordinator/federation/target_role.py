@@ -2,8 +2,10 @@
 
 Train requests fine-tune the global model for a few steps on a label-stratified fraction of the
 external training split (the study's split and nested fractions, same seeds); evaluate requests
-score the global model on the held-out test split. Source data is never read here. Replies and
-refusals go to ``WORKSPACE/federation/journal.jsonl`` (one JSON line each).
+score the global model on the held-out test split, and so does a train request that asks for it
+(``evaluate-received``: the received model's scores come back as ``received-*`` metrics).
+Source data is never read here. Replies and refusals go to
+``WORKSPACE/federation/journal.jsonl`` (one JSON line each).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from shared.federation.policy import PolicyRefusal, check_request, load_policy
 from shared.federation.records import (
     ARRAYS,
     CONFIG,
+    K_EVALUATE_RECEIVED,
     K_FRACTION,
     K_SPLIT,
     LAYOUT,
@@ -30,6 +33,7 @@ from shared.federation.records import (
     MSG_TRAIN,
     NODE,
     NUM_EXAMPLES,
+    RECEIVED,
     ROLE_TARGET,
     pack_state,
     request_state,
@@ -112,7 +116,6 @@ def _work(kind: str, msg, node: NodeIdentity, policy):
     from coordinator.study.splits import fraction_subsets
     from shared.federation.local import (
         arrays_digest,
-        evaluate_local,
         request_train_config,
         requested_sequences,
         train_local,
@@ -126,16 +129,15 @@ def _work(kind: str, msg, node: NodeIdentity, policy):
     global_state = request_state(msg.content)
     network = str(config.get("network", "small-cnn"))
     if kind == MSG_EVALUATE:
-        test = data.subset(split.test)
-        m = evaluate_local(global_state, test, network)
-        metrics = {
-            NUM_EXAMPLES: len(test),
-            "test-auc": m["auc"],
-            "test-ap": m["ap"],
-            "test-loss": m["loss"],
-        }
+        metrics = _score(global_state, data.subset(split.test), network)
         content = RecordDict({METRICS: MetricRecord(metrics)})
         return content, {"returned": ["metrics"], "data": "external", "metrics": metrics}
+    # the previous round's global model, scored before this round trains on it
+    received = (
+        {RECEIVED + k: v for k, v in _score(global_state, data.subset(split.test), network).items()}
+        if config.get(K_EVALUATE_RECEIVED)
+        else {}
+    )
     fraction = float(config.get(K_FRACTION, 1.0))
     if not 0.0 < fraction <= 1.0:
         raise InputError(f"fraction must lie in (0, 1], not {fraction}")
@@ -150,7 +152,7 @@ def _work(kind: str, msg, node: NodeIdentity, policy):
         "local-steps": res.steps,
         "update-norm": res.update_norm,
         "clipped": int(res.clipped),
-    }
+    } | received
     digest, nbytes = arrays_digest({k: v.numpy() for k, v in res.state.items()})
     arrays, layout = pack_state(res.state, order=global_state)
     content = RecordDict({ARRAYS: arrays, LAYOUT: layout, METRICS: MetricRecord(metrics)})
@@ -163,3 +165,12 @@ def _work(kind: str, msg, node: NodeIdentity, policy):
         "weights-bytes": nbytes,
         "metrics": metrics,
     }
+
+
+def _score(state, test, network: str) -> dict[str, float | int]:
+    """The held-out split's scores of ``state`` (``num-examples`` is the split's size)."""
+    from shared.federation.local import evaluate_local
+
+    m = evaluate_local(state, test, network)
+    auc, ap, loss = m["auc"], m["ap"], m["loss"]
+    return {NUM_EXAMPLES: len(test), "test-auc": auc, "test-ap": ap, "test-loss": loss}

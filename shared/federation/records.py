@@ -41,6 +41,10 @@ K_NETWORK = "network"
 K_SEQUENCES = "sequences"  # comma-separated subset of t2w,hbv,adc
 K_FRACTION = "fraction"  # target: fraction of its external training split to fine-tune on
 K_SPLIT = "split"  # target: "train,val,test,seed", e.g. "0.6,0.15,0.25,0"
+# target train request: first score the received global model on the held-out split (the
+# previous round's model, whose evaluation rides with this round's request)
+K_EVALUATE_RECEIVED = "evaluate-received"
+RECEIVED = "received-"  # prefix of those scores in the train reply's metrics
 
 RETURN_KINDS = ("classifier-weights", "metrics", "generative-weights", "images")
 DATA_KINDS = ("synthetic", "real", "external")
