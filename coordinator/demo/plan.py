@@ -124,26 +124,23 @@ FULL = DemoPlan(
     fed_adapt_fraction=0.5,
     budget_minutes=30,
     expected_seconds={
-        "phantom-site": 48,
-        "phantom-external": 166,
-        "keys": 2,
-        # 2 idle cores, issue 12's defaults (4x cases, guidance 1), 2026-12-06. Training,
-        # generation and export in float32 (the CPU default): train from one site's float32
-        # training in benchmarks/synthetic_value (455 s), generate and export from the
-        # 2026-12-05 float32 demo; the rest from the 2026-12-06 demo (1299 s in all with
-        # SITE_AGENT_PRECISION=bf16 training, 220 s per site)
-        "train": 460,
-        "generate": 120,
-        "fidelity": 17,
-        "export-synthetic": 120,
-        "pretrain": 13,
+        # The uncontended steps of the 2026-12-07 float32 run on 2 cores of an AVX2-only AMD
+        # EPYC (about 81 minutes in all; with bf16 on the AMX Intel machine, 2026-12-06: 1299 s)
+        "phantom-site": 64,
+        "phantom-external": 239,
+        "keys": 1,
+        "train": 1440,
+        "generate": 246,
+        "fidelity": 39,
+        "export-synthetic": 237,
+        "pretrain": 27,
         "export-weights": 1,
         "audit": 1,
-        "ingest-external": 13,
+        "ingest-external": 24,
         "trust": 1,
-        "import": 6,
-        "federate": 36,
-        "study": 200,
+        "import": 13,
+        "federate": 56,
+        "study": 405,
         "checks": 10,
     },
 )
