@@ -210,49 +210,36 @@ def _request(cfg: FederationConfig, phase: str, r: int) -> dict[str, Any]:
     }
 
 
-def _weighted(replies: list, key: str) -> float | None:
+def _weighted(metrics: list[dict[str, Any]], key: str) -> float | None:
+    """``key`` averaged over ``metrics`` (one dict per reply), weighted by ``num-examples``;
+    non-finite or missing values are left out."""
     vals, ws = [], []
-    for m in replies:
-        met = m.content.metric_records.get(METRICS, {})
-        v, w = met.get(key), met.get("num-examples", 0)
+    for met in metrics:
+        v, w = met.get(key), met.get(NUM_EXAMPLES, 0)
         if isinstance(v, int | float) and np.isfinite(v) and w:
             vals.append(float(v))
             ws.append(float(w))
     return float(np.average(vals, weights=ws)) if vals else None
 
 
-SCORES = ("test-auc", "test-ap", "test-loss")
-
-
-def _scores(replies: list, prefix: str = "") -> list[dict[str, float]]:
-    """Each reply's held-out scores (keys ``prefix + SCORES``, weight ``prefix +
-    num-examples``), without the prefix; replies without them are left out."""
+def _metrics(replies: list, prefix: str = "") -> list[dict[str, Any]]:
+    """Each non-error reply's metrics whose keys start with ``prefix``, without it (the
+    ``received-*`` scores of a target's train reply read like an evaluate reply's)."""
     out = []
     for m in replies:
-        if m.has_error():
-            continue
-        met = m.content.metric_records.get(METRICS, {})
-        n = met.get(prefix + NUM_EXAMPLES)
-        if isinstance(n, int | float) and n > 0 and prefix + SCORES[0] in met:
-            out.append({k: met.get(prefix + k) for k in SCORES} | {NUM_EXAMPLES: float(n)})
+        if not m.has_error():
+            met = m.content.metric_records.get(METRICS, {})
+            out.append({k.removeprefix(prefix): v for k, v in met.items() if k.startswith(prefix)})
     return out
 
 
-def _pooled(scores: list[dict[str, float]]) -> dict[str, Any]:
+SCORES = ("test-auc", "test-ap", "test-loss")
+
+
+def _pooled(scores: list[dict[str, Any]]) -> dict[str, Any]:
     """The evaluators' scores averaged, weighted by their test-split sizes."""
-    row: dict[str, Any] = {"evaluators": len(scores)}
-    for k in SCORES:
-        pairs = [
-            (float(s[k]), s[NUM_EXAMPLES])
-            for s in scores
-            if isinstance(s[k], int | float) and np.isfinite(s[k])
-        ]
-        row[k] = (
-            float(np.average([v for v, _ in pairs], weights=[w for _, w in pairs]))
-            if pairs
-            else None
-        )
-    return row
+    scores = [s for s in scores if SCORES[0] in s]
+    return {"evaluators": len(scores)} | {k: _weighted(scores, k) for k in SCORES}
 
 
 def _reached(grid, nodes: list[int]) -> tuple[list[int], dict[int, str]]:
@@ -274,15 +261,18 @@ def _from(ex: Exchange, nodes: list[int]) -> Exchange:
 
 
 def _costs(
-    ex: Exchange, trainers: list[int], scoring: Exchange | None, seconds: float
+    ex: Exchange,
+    trainers: list[int],
+    scorers: list[int],
+    scoring: Exchange | None,
+    seconds: float,
 ) -> dict[str, Any]:
     """Round wall time, the slowest node's compute and start-up, what is left over (the
     federation's overhead: nodes of one exchange work side by side, so the slowest one's
-    compute counts) and the bytes moved in both directions. ``scoring`` is the exchange of
-    its own that scores the last round's model."""
-    train = _from(ex, trainers)
-    answered = [int(m.metadata.src_node_id) for m in ex.replies]
-    beside = _from(ex, [n for n in [*answered, *ex.missing] if n not in trainers])
+    compute counts) and the bytes moved in both directions. ``scorers`` scored the previous
+    model beside the training; ``scoring`` is the exchange of its own that scores the last
+    round's model."""
+    train, beside = _from(ex, trainers), _from(ex, scorers)
     compute = [ex.compute_max()] + ([scoring.compute_max()] if scoring else [])
     exchanges = [ex] + ([scoring] if scoring else [])
     return {
@@ -403,13 +393,13 @@ class Federation:
             "rejected": len(rejected),
             "missing": len(train.missing),
             "missing-nodes": "; ".join(self.name(n) for n in sorted(train.missing)),
-            "train-loss": _weighted(accepted, "train-loss"),
+            "train-loss": _weighted(_metrics(accepted), "train-loss"),
         }
         closing = None
         if last and self.targets:
             closing = self.send(new, [(self.targets, MSG_EVALUATE, _request(cfg, "adapt", r))])
             row |= self._scored(r, closing, [])
-        row |= _costs(ex, trainers, closing, time.monotonic() - t0)
+        row |= _costs(ex, trainers, scorers, closing, time.monotonic() - t0)
         return unpack_torch(*new), row
 
     def _scored(self, r: int, evaluated: Exchange, trained: list) -> dict[str, Any]:
@@ -423,7 +413,7 @@ class Federation:
                 _say(self.log, f"round {r}: evaluation failed on {node}: {m.error.reason}")
         targets = set(self.targets)
         own = [m for m in trained if int(m.metadata.src_node_id) in targets]
-        return _pooled(_scores(evaluated.replies) + _scores(own, RECEIVED))
+        return _pooled(_metrics(evaluated.replies) + _metrics(own, RECEIVED))
 
 
 def _describe_row(row: dict[str, Any]) -> str:
