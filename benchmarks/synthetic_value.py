@@ -423,16 +423,8 @@ def build_consortium(b: Bench) -> None:
                  sz.profile, "--json"],
             ),
         )  # fmt: skip
-    train_site(b, SOURCE)  # the second site trains when a pooled setting first needs it
-    for source in ("real", "reconstructed"):
-        b.stage(
-            f"pretrain-{source}",
-            lambda source=source: b.run(
-                f"pretrain-{source}",
-                [*site_agent, "pretrain", "-w", str(b.site_ws(SOURCE)), "--source", source,
-                 "--profile", sz.profile, "--steps", str(sz.site_pretrain_steps), "--json"],
-            ),
-        )  # fmt: skip
+    if not b.synthetic_only:  # the controls' weights; --synthetic-only studies none of them
+        _source_weights(b)
     ph = b.phantom("external")
     b.stage(
         "ingest-external",
@@ -444,29 +436,67 @@ def build_consortium(b: Bench) -> None:
     )  # fmt: skip
 
 
+def _source_weights(b: Bench) -> None:
+    """The source site's generator and its real-source and reconstructed-source weights."""
+    sz, site_agent = b.size, _tool("site-agent")
+    train_site(b, SOURCE)  # the second site trains when a pooled setting first needs it
+    for source in ("real", "reconstructed"):
+        b.stage(
+            f"pretrain-{source}",
+            lambda source=source: b.run(
+                f"pretrain-{source}",
+                [*site_agent, "pretrain", "-w", str(b.site_ws(SOURCE)), "--source", source,
+                 "--profile", sz.profile, "--steps", str(sz.site_pretrain_steps), "--json"],
+            ),
+        )  # fmt: skip
+
+
+def _ingest_site(b: Bench, site: str, ws: Path) -> None:
+    """``site-agent ingest`` of the site's phantom DICOM export into ``ws``."""
+    sz, ph = b.size, b.phantom(site)
+    b.run(
+        f"ingest-{site}",
+        [*_tool("site-agent"), "ingest", "--dicom-dir", str(ph / "dicom"), "--labels",
+         str(ph / "labels.csv"), "--masks", str(ph / "masks"), "-w", str(ws),
+         "--profile", sz.profile, "--json"],
+    )  # fmt: skip
+
+
 def train_site(b: Bench, site: str) -> None:
     """``site-agent ingest`` of the site's phantom DICOM export, then its generative model
     (autoencoder, latent diffusion) at the baseline length and with the baseline's settings."""
-    sz, ph, ws = b.size, b.phantom(site), b.site_ws(site)
+    ws = b.site_ws(site)
 
     def train() -> dict[str, Any]:
-        b.run(
-            f"ingest-{site}",
-            [*_tool("site-agent"), "ingest", "--dicom-dir", str(ph / "dicom"), "--labels",
-             str(ph / "labels.csv"), "--masks", str(ph / "masks"), "-w", str(ws),
-             "--profile", sz.profile, "--json"],
-        )  # fmt: skip
-        return _train_generator(b, Generator(site, sz.diffusion_steps), ws)
+        _ingest_site(b, site, ws)
+        return _train_generator(b, Generator(site, b.size.diffusion_steps), ws)
 
     b.stage(f"train-{site}", train)
+
+
+def _site_trained(b: Bench, site: str) -> bool:
+    return (b.work / "stages" / f"train-{site}.json").is_file()
 
 
 def ensure_generator(b: Bench, g: Generator) -> Path:
     """The generator's workspace, trained. A longer or changed diffusion model gets its own
     copy of the site's workspace (real cases, autoencoder, latent cache, hold-out list), so the
-    autoencoder and latents are reused and only the diffusion model is trained."""
-    train_site(b, g.site)
+    autoencoder and latents are reused and only the diffusion model is trained.
+
+    With ``--synthetic-only`` and the site's baseline generator not trained yet, nothing needs
+    that generator (it serves the controls and the baseline setting): the generator ingests
+    the site's export itself and trains its own autoencoder, with the same recipe, seed and
+    cases, instead of paying for a diffusion model no cell uses."""
     ws = b.generator_ws(g)
+    if ws != b.site_ws(g.site) and b.synthetic_only and not _site_trained(b, g.site):
+
+        def own() -> dict[str, Any]:
+            _ingest_site(b, g.site, ws)
+            return _train_generator(b, g, ws) | {"autoencoder_of": "its own"}
+
+        b.stage(f"generator-{g.name}", own)
+        return ws
+    train_site(b, g.site)
     if ws == b.site_ws(g.site):
         return ws
 

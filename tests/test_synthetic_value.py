@@ -249,3 +249,42 @@ def test_synthetic_only_studies_just_the_synthetic_condition_and_reports_no_goal
     md = render_markdown(rec)
     assert "controls not run" in md and "0.700 ± 0.100" in md
     assert figures(rec) == []  # no goal figures without the controls
+
+
+def test_synthetic_only_variant_generator_trains_its_own_autoencoder(tmp_path, monkeypatch):
+    """With --synthetic-only nothing studies the site's baseline generator, so a variant's
+    generator ingests the site's export and trains the whole model itself; once the site's
+    baseline is trained (a full run), a variant reuses its autoencoder as before."""
+    calls: list[tuple[str, Path]] = []
+
+    def ingest(b, site, ws):
+        calls.append((f"ingest-{site}", ws))
+
+    def train(b, g, ws):
+        calls.append((f"train-{g.name}", ws))
+        (ws / "models" / "generative").mkdir(parents=True, exist_ok=True)
+        (ws / "models" / "generative" / "holdout.json").write_text('{"held_out": []}')
+        return {}
+
+    monkeypatch.setattr(sv, "_ingest_site", ingest)
+    monkeypatch.setattr(sv, "_train_generator", train)
+    size = sv.SIZES["smallest"]
+    flip = sv.Generator("aurora", size.diffusion_steps, "flip-augment")
+    alone = sv.Bench(tmp_path / "alone", size, synthetic_only=True)
+    ws = sv.ensure_generator(alone, flip)
+    assert calls == [("ingest-aurora", ws), (f"train-{flip.name}", ws)]
+    assert ws != alone.site_ws("aurora") and not alone.site_ws("aurora").exists()
+    stage = json.loads((alone.work / "stages" / f"generator-{flip.name}.json").read_text())
+    assert stage["result"]["autoencoder_of"] == "its own"
+    assert sv.ensure_generator(alone, flip) == ws and len(calls) == 2  # resumed, not redone
+
+    calls.clear()
+    full = sv.Bench(tmp_path / "full", size)
+    ws = sv.ensure_generator(full, flip)
+    site = full.site_ws("aurora")
+    base = sv.Generator("aurora", size.diffusion_steps)
+    assert calls == [
+        ("ingest-aurora", site),
+        (f"train-{base.name}", site),
+        (f"train-{flip.name}", ws),
+    ]
