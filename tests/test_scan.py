@@ -10,6 +10,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from shared.dicom.headers import Skipped, read_headers
 from shared.dicom.scan import load_mapping, scan
 from shared.errors import InputError
 from shared.phantom.institutions import get_institution
@@ -78,11 +79,46 @@ def test_bad_files_are_skipped_with_reasons(phantom_sites, tmp_path):
     reasons = {Path(s.path).name: s.reason for s in result.skipped}
     assert reasons["notes.txt"] == "not DICOM"
     assert reasons["truncated.dcm"].startswith("truncated file")
-    assert reasons["nopixels.dcm"] == "no pixel data"
+    assert reasons["nopixels.dcm"].startswith("no pixel data (an MR image ending at byte")
     assert reasons["ct.dcm"] == "not MR (modality CT)"
     assert reasons["DICOMDIR"].startswith("DICOMDIR")
     # The truncated copy duplicates a real SOP instance, the rest of the study is intact.
     assert all(s.complete for s in result.studies)
+
+
+def test_truncated_compressed_pixel_data_is_skipped_at_scan(tmp_path):
+    """Encapsulated pixel data has no length to check against the file's size: the scan
+    walks its fragment items to the end delimiter, so a cut-off copy is named at scan time
+    instead of failing its case later with pydicom's "no pixel data to decode"."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = Dataset()
+    ds.Modality = "MR"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated, ds.SamplesPerPixel = 16, 1
+    ds.ImagePositionPatient, ds.PixelSpacing = [0, 0, 0], [1, 1]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelData = encapsulate([bytes(range(200)), bytes(300)])
+    ds["PixelData"].VR = "OB"
+    whole = tmp_path / "whole.dcm"
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = ds.SOPClassUID
+    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    fm.TransferSyntaxUID = JPEG2000Lossless
+    ds.file_meta = fm
+    ds.save_as(whole, enforce_file_format=True)
+    data = whole.read_bytes()
+    assert isinstance(read_headers(str(whole)), list)  # intact: its frame, not a skip
+    for cut, says in ((len(data) - 1, "lacks its end delimiter"), (len(data) - 150, "needs")):
+        part = tmp_path / f"cut{cut}.dcm"
+        part.write_bytes(data[:cut])
+        got = read_headers(str(part))
+        assert isinstance(got, Skipped) and got.reason.startswith("truncated file (compressed")
+        assert says in got.reason
 
 
 def test_pydicom_real_mr_files_scan_without_crash():

@@ -132,6 +132,33 @@ def frames_from_dataset(
 
 
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+
+
+def _encapsulated_short_by(path: str, tell: int, size: int) -> str | None:
+    """Where encapsulated pixel data starting at ``tell`` breaks off, or None if its items run
+    to the sequence delimiter inside the file. Reads 8 bytes per fragment (a few per frame),
+    not the fragments (and the tags are little endian: encapsulation needs an explicit
+    little-endian transfer syntax)."""
+    pos = tell
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                fh.seek(pos)
+                head = fh.read(8)
+                if len(head) < 8:
+                    return "lacks its end delimiter"
+                group, elem, n = struct.unpack("<HHI", head)
+                if (group, elem) == _SEQUENCE_END:
+                    return None
+                if (group, elem) != _ITEM or n == UNDEFINED_LENGTH:
+                    return f"has a broken item at byte {pos}"
+                pos += 8 + n
+                if pos > size:
+                    return f"needs {pos} bytes"
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__})"
 
 
 def _native_pixels(ds: Dataset, raw: object, ts: str) -> dict[str, object]:
@@ -171,19 +198,25 @@ def _frames(
         return Skipped(path, f"unsupported SOP class {sop_class or 'missing'}")
     raw = ds.get_item(0x7FE00010, keep_deferred=True)
     if raw is None and require_pixels:
-        return Skipped(path, "no pixel data")
+        # An image storage object without pixels is almost always a cut-off copy.
+        return Skipped(path, f"no pixel data (an MR image ending at byte {size}: truncated?)")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return Skipped(path, "unsupported: colour image")
-    # Truncation: a defined-length PixelData must fit inside the file.
+    # Truncation: a defined-length PixelData must fit inside the file; encapsulated
+    # (compressed) pixel data must reach its sequence delimiter.
     tell = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
-    if (
-        require_pixels
-        and tell is not None
-        and length not in (None, 0xFFFFFFFF)
-        and tell + length > size
-    ):
-        return Skipped(path, f"truncated file (pixel data needs {tell + length} bytes, has {size})")
+    if require_pixels and tell is not None and length not in (None, UNDEFINED_LENGTH):
+        if tell + length > size:
+            return Skipped(
+                path, f"truncated file (pixel data needs {tell + length} bytes, has {size})"
+            )
+    elif require_pixels and tell is not None and length == UNDEFINED_LENGTH:
+        short = _encapsulated_short_by(path, tell, size)
+        if short is not None:
+            return Skipped(
+                path, f"truncated file (compressed pixel data {short}, file has {size} bytes)"
+            )
     ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
     common = dict(
         path=path,
