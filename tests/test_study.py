@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from coordinator.cli.main import app as coordinator_app
 from coordinator.study import run as study_run
 from coordinator.study.config import load_study_config
 from coordinator.study.splits import fraction_subsets, stratified_split
-from shared.errors import InputError
+from shared.errors import EXIT_INTERNAL, InputError, ToolkitError
 from shared.weights import load_weights
 from tests.federation_support import make_store
 
@@ -308,6 +309,29 @@ def test_a_failing_cell_in_a_worker_keeps_the_finished_ones_and_raises(stores, t
             cfg, data, split, states, jobs, 2, lambda n, res: recorded.append(n)
         )
     assert recorded == [1]  # cells 2 and 3 never started
+
+
+def test_a_killed_worker_is_reported_as_a_machine_fault_and_keeps_finished_cells(stores, tmp_path):
+    """A worker killed mid-study (the kernel's OOM killer, an operator) ends the study with
+    one line and the internal exit code, not as bad input; the cells finished before stay."""
+    import multiprocessing
+    import signal
+
+    cfg = load_study_config(write_config(tmp_path / "study.toml", stores))
+    data, split = study_run._load_external(cfg, tmp_path / "out")
+    states = {c.name: None for c in cfg.conditions}
+    jobs = {n: (study_run.Cell("none", 1.0, n), tuple(split.train)) for n in range(4)}
+    recorded: list[int] = []
+
+    def record(n: int, res: dict) -> None:
+        recorded.append(n)
+        for child in multiprocessing.active_children():  # the pool's workers
+            os.kill(child.pid, signal.SIGKILL)
+
+    with pytest.raises(ToolkitError, match="worker process died") as err:
+        study_run._run_parallel(cfg, data, split, states, jobs, 2, record)
+    assert not isinstance(err.value, InputError) and err.value.exit_code == EXIT_INTERNAL
+    assert 1 <= len(recorded) <= 2  # cells that finished together with the first are kept
 
 
 def test_workers_are_capped_by_available_memory(monkeypatch):

@@ -26,7 +26,7 @@ from shared.case_format import list_cases
 from shared.classifier.data import CaseTensors, load_case_tensors
 from shared.classifier.pretrain import pretrain, select_channels
 from shared.classifier.training import TrainConfig, load_model, predict, train_classifier
-from shared.errors import InputError
+from shared.errors import InputError, ToolkitError
 from shared.weights import load_weights
 
 
@@ -337,35 +337,39 @@ def _run_parallel(
     ctx = multiprocessing.get_context("spawn")
     queue = list(jobs.items())
     failure: BaseException | None = None
-    with ProcessPoolExecutor(
-        workers, ctx, initializer=_init_worker, initargs=(threads, cfg, data, split, states)
-    ) as pool:
-        running: dict[Future[dict[str, Any]], int] = {}
+    try:
+        with ProcessPoolExecutor(
+            workers, ctx, initializer=_init_worker, initargs=(threads, cfg, data, split, states)
+        ) as pool:
+            running: dict[Future[dict[str, Any]], int] = {}
 
-        def start_next() -> None:
-            if queue and failure is None:
-                n, job = queue.pop(0)
-                running[pool.submit(_worker_job, *job)] = n
+            def start_next() -> None:
+                if queue and failure is None:
+                    n, job = queue.pop(0)
+                    running[pool.submit(_worker_job, *job)] = n
 
-        for _ in range(workers):
-            start_next()
-        try:
-            while running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    n = running.pop(fut)
-                    try:
-                        res = fut.result()
-                    except BaseException as exc:  # raised below, once the others are done
-                        failure = failure or exc
-                        continue
-                    record(n, res)
-                    start_next()
-        except BaseException:  # interrupted: start nothing more, leave finished cells on disk
-            queue.clear()
-            raise
+            for _ in range(workers):
+                start_next()
+            try:
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        n = running.pop(fut)
+                        try:
+                            res = fut.result()
+                        except BaseException as exc:  # raised below, once the others are done
+                            failure = failure or exc
+                            continue
+                        record(n, res)
+                        start_next()
+            except BaseException:  # interrupted: start nothing more, keep finished cells
+                queue.clear()
+                raise
+    except BrokenProcessPool as exc:  # a submit to a pool that lost a worker meanwhile
+        failure = exc
     if isinstance(failure, BrokenProcessPool):
-        raise InputError(
+        # Not the input's fault: the machine (memory, an operator's kill) stopped a worker.
+        raise ToolkitError(
             "a study worker process died (out of memory or killed)",
             hint="rerun with fewer --workers; finished cells are kept",
         )
