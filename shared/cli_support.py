@@ -152,6 +152,7 @@ def progress_bar(
         return
     if not stderr_is_terminal():
         log, done = ProgressLog(), [0]
+        log.update(description, 0, total)  # the stage's clock starts now, not at its first step
 
         def advance(n: int = 1) -> None:
             done[0] += n

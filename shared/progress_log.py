@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 DEFAULT_INTERVAL_S = 30.0
+MIN_RATE_SECONDS = 1.0
 
 
 def format_duration(seconds: float) -> str:
@@ -94,7 +95,9 @@ class ProgressLog:
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
         elapsed = now - st.start_time
-        rate = (step - st.start_step) / elapsed if elapsed > 0 else 0.0
+        # Under a second of timing (steps that finished together, in parallel workers) gives
+        # no rate worth printing, let alone an ETA.
+        rate = (step - st.start_step) / elapsed if elapsed >= MIN_RATE_SECONDS else 0.0
         if rate > 0:
             parts.append(f"{rate:.2f} steps/s" if rate < 100 else f"{rate:.0f} steps/s")
             if total and step < total:

@@ -59,6 +59,21 @@ def test_resumed_stage_says_so():
     assert "10.00 steps/s" in lines[1]  # the rate counts this run's steps only
 
 
+def test_steps_finished_together_give_no_rate_until_a_second_has_passed():
+    """Parallel workers finish several steps at once right after the start: the rate over a
+    few milliseconds (and its ETA of 0 s) would be nonsense, so the first line has neither."""
+    buf, clock = io.StringIO(), FakeClock()
+    log = ProgressLog(stream=buf, clock=clock)
+    log.update("phantom aurora", 0, 20)
+    clock.t = 0.01
+    log.update("phantom aurora", 2, 20)
+    clock.t = 4.0
+    log.update("phantom aurora", 4, 20)
+    lines = buf.getvalue().splitlines()
+    assert lines[1].endswith("phantom aurora: step 2/20 (10%)"), lines
+    assert lines[2].endswith("step 4/20 (20%) 1.00 steps/s ETA 16s"), lines
+
+
 def test_format_duration():
     assert [format_duration(s) for s in (5, 90, 3 * 3600 + 120)] == ["5s", "1m30s", "3h02m"]
 
