@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json, atomic_write_text
-from shared.errors import InputError
+from shared.errors import InputError, ToolkitError
 
 BUDGET_MIN = 30.0
 FRACTIONS = (0.0625, 0.125, 0.25, 0.5, 1.0)
@@ -192,5 +193,6 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except InputError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except ToolkitError as exc:  # bad input, a killed study worker, ...
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

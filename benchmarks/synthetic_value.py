@@ -57,8 +57,10 @@ from typing import Any
 
 from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
-from shared.errors import InputError
+from shared.errors import InputError, ToolkitError
 
+# A --synthetic-only generator that trained its own autoencoder (see ensure_generator).
+OWN_AE = "-own-ae"
 SOURCE = "aurora"  # the single-site conditions' site (Siemens 3 T)
 SECOND = "borealis"  # the second site, for pooling (GE 1.5 T)
 PHANTOM_SEEDS = {SOURCE: 1, SECOND: 2, "external": 3}
@@ -401,7 +403,20 @@ class Bench:
     def generator_ws(self, g: Generator) -> Path:
         if g.diffusion_steps == self.size.diffusion_steps and g.variant == "base":
             return self.site_ws(g.site)
+        if self.own_autoencoder(g):
+            return self.work / "generators" / f"{g.name}{OWN_AE}"
         return self.work / "generators" / g.name
+
+    def own_autoencoder(self, g: Generator) -> bool:
+        """Whether ``g`` (not a site's baseline) trains its own autoencoder: only in
+        ``--synthetic-only`` runs, once it has or while its site has no baseline generator.
+        A full run never uses such a generator: its controls share the site's autoencoder."""
+        if not self.synthetic_only:
+            return False
+        stages = self.work / "stages"
+        return (stages / f"generator-{g.name}{OWN_AE}.json").is_file() or not (
+            stages / f"train-{g.site}.json"
+        ).is_file()
 
 
 def build_consortium(b: Bench) -> None:
@@ -455,7 +470,7 @@ def _ingest_site(b: Bench, site: str, ws: Path) -> None:
     """``site-agent ingest`` of the site's phantom DICOM export into ``ws``."""
     sz, ph = b.size, b.phantom(site)
     b.run(
-        f"ingest-{site}",
+        f"ingest-{site}" if ws == b.site_ws(site) else f"ingest-{ws.name}",
         [*_tool("site-agent"), "ingest", "--dicom-dir", str(ph / "dicom"), "--labels",
          str(ph / "labels.csv"), "--masks", str(ph / "masks"), "-w", str(ws),
          "--profile", sz.profile, "--json"],
@@ -474,10 +489,6 @@ def train_site(b: Bench, site: str) -> None:
     b.stage(f"train-{site}", train)
 
 
-def _site_trained(b: Bench, site: str) -> bool:
-    return (b.work / "stages" / f"train-{site}.json").is_file()
-
-
 def ensure_generator(b: Bench, g: Generator) -> Path:
     """The generator's workspace, trained. A longer or changed diffusion model gets its own
     copy of the site's workspace (real cases, autoencoder, latent cache, hold-out list), so the
@@ -485,16 +496,18 @@ def ensure_generator(b: Bench, g: Generator) -> Path:
 
     With ``--synthetic-only`` and the site's baseline generator not trained yet, nothing needs
     that generator (it serves the controls and the baseline setting): the generator ingests
-    the site's export itself and trains its own autoencoder, with the same recipe, seed and
-    cases, instead of paying for a diffusion model no cell uses."""
+    the site's export itself and trains its own autoencoder with the same recipe and seed,
+    instead of paying for a diffusion model no cell uses. Its ingest salts the case ids anew,
+    so its hold-out draw differs from the site's; it lives under its own name (``-own-ae``),
+    which a full run never reuses."""
     ws = b.generator_ws(g)
-    if ws != b.site_ws(g.site) and b.synthetic_only and not _site_trained(b, g.site):
+    if ws != b.site_ws(g.site) and b.own_autoencoder(g):
 
         def own() -> dict[str, Any]:
             _ingest_site(b, g.site, ws)
-            return _train_generator(b, g, ws) | {"autoencoder_of": "its own"}
+            return _train_generator(b, g, ws)
 
-        b.stage(f"generator-{g.name}", own)
+        b.stage(f"generator-{g.name}{OWN_AE}", own)
         return ws
     train_site(b, g.site)
     if ws == b.site_ws(g.site):
@@ -578,7 +591,10 @@ def generate_setting(b: Bench, s: Setting) -> dict[str, Any]:
             out=out,
         )
         record[g.site] = {
-            "generator": g.name,
+            "generator": ws.name if ws != b.site_ws(g.site) else g.name,
+            "autoencoder": "its own"
+            if ws != b.site_ws(g.site) and b.own_autoencoder(g)
+            else "the site's",
             "sampler": s.sampler or "model default",
             "sampling_steps": s.sampling_steps,
             "n": len(folders),
@@ -929,6 +945,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except InputError as exc:
+    except ToolkitError as exc:  # bad input (3), a killed study worker (1), ...
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None  # the project's exit code for bad input
+        raise SystemExit(exc.exit_code) from None

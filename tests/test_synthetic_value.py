@@ -253,8 +253,9 @@ def test_synthetic_only_studies_just_the_synthetic_condition_and_reports_no_goal
 
 def test_synthetic_only_variant_generator_trains_its_own_autoencoder(tmp_path, monkeypatch):
     """With --synthetic-only nothing studies the site's baseline generator, so a variant's
-    generator ingests the site's export and trains the whole model itself; once the site's
-    baseline is trained (a full run), a variant reuses its autoencoder as before."""
+    generator ingests the site's export and trains the whole model itself, under a name of its
+    own; a full run in the same folder trains the site's baseline and a variant sharing its
+    autoencoder, and never takes the synthetic-only generator for it."""
     calls: list[tuple[str, Path]] = []
 
     def ingest(b, site, ws):
@@ -270,21 +271,24 @@ def test_synthetic_only_variant_generator_trains_its_own_autoencoder(tmp_path, m
     monkeypatch.setattr(sv, "_train_generator", train)
     size = sv.SIZES["smallest"]
     flip = sv.Generator("aurora", size.diffusion_steps, "flip-augment")
-    alone = sv.Bench(tmp_path / "alone", size, synthetic_only=True)
-    ws = sv.ensure_generator(alone, flip)
-    assert calls == [("ingest-aurora", ws), (f"train-{flip.name}", ws)]
-    assert ws != alone.site_ws("aurora") and not alone.site_ws("aurora").exists()
-    stage = json.loads((alone.work / "stages" / f"generator-{flip.name}.json").read_text())
-    assert stage["result"]["autoencoder_of"] == "its own"
-    assert sv.ensure_generator(alone, flip) == ws and len(calls) == 2  # resumed, not redone
+    base = sv.Generator("aurora", size.diffusion_steps)
+    alone = sv.Bench(tmp_path, size, synthetic_only=True)
+    own = sv.ensure_generator(alone, flip)
+    assert own.name == f"{flip.name}-own-ae" and own != alone.site_ws("aurora")
+    assert calls == [("ingest-aurora", own), (f"train-{flip.name}", own)]
+    assert not alone.site_ws("aurora").exists()
+    assert alone.generator_ws(flip) == own  # diagnostics and the screen find it too
+    assert sv.ensure_generator(alone, flip) == own and len(calls) == 2  # resumed, not redone
 
     calls.clear()
-    full = sv.Bench(tmp_path / "full", size)
-    ws = sv.ensure_generator(full, flip)
+    full = sv.Bench(tmp_path, size)  # the same work folder, now with the controls
+    shared = sv.ensure_generator(full, flip)
     site = full.site_ws("aurora")
-    base = sv.Generator("aurora", size.diffusion_steps)
+    assert shared == tmp_path / "generators" / flip.name != own
     assert calls == [
         ("ingest-aurora", site),
         (f"train-{base.name}", site),
-        (f"train-{flip.name}", ws),
+        (f"train-{flip.name}", shared),
     ]
+    # a later --synthetic-only run keeps the generator it trained before
+    assert sv.Bench(tmp_path, size, synthetic_only=True).generator_ws(flip) == own
