@@ -144,15 +144,18 @@ def progress_bar(
     description: str,
     total: int | None,
     enabled: bool = True,
+    start: int = 0,
 ) -> Iterator[Callable[[int], None]]:
     """A rich progress bar with ETA on stderr, or plain timestamped lines when stderr is not a
-    terminal (a service manager's journal, a log file); yields ``advance(n)``."""
+    terminal (a service manager's journal, a log file); yields ``advance(n)``. ``start`` steps
+    were done before (a resumed run): shown as done, left out of the rate and the ETA."""
     if not enabled:
         yield lambda n=1: None
         return
     if not stderr_is_terminal():
-        log, done = ProgressLog(), [0]
-        log.update(description, 0, total)  # the stage's clock starts now, not at its first step
+        log, done = ProgressLog(), [start]
+        # the stage's clock starts now, not at its first step
+        log.update(description, start, total, resumed=start > 0)
 
         def advance(n: int = 1) -> None:
             done[0] += n
@@ -172,7 +175,7 @@ def progress_bar(
         disable=not enabled,
     )
     with prog:
-        task = prog.add_task(description, total=total)
+        task = prog.add_task(description, total=total, completed=start)
         yield lambda n=1: prog.advance(task, n)
 
 

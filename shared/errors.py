@@ -6,7 +6,8 @@ import errno
 
 # Exit codes, documented in every command's --help epilog.
 EXIT_OK = 0
-EXIT_INTERNAL = 1  # a bug: please report it (run with --debug for the traceback)
+EXIT_INTERNAL = 1  # a bug (please report it; --debug shows the traceback), or the machine
+# stopped the work (a worker process killed by the out-of-memory killer)
 EXIT_USAGE = 2  # wrong command-line usage (typer/click's own code)
 EXIT_INPUT = 3  # bad or missing input (paths, DICOM, CSV, config; unwritable folder, full disk)
 EXIT_INTEGRITY = 4  # a signature, hash or verification failed

@@ -133,6 +133,19 @@ def test_study_runs_resumes_and_reports(stores, tmp_path, monkeypatch):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_resumed_study_command_counts_only_new_cells_in_its_progress(stores, tmp_path):
+    """`coordinator study` on a half-finished study: its progress lines say where it resumed,
+    and its clock starts after pretraining, so the rate and ETA are the new cells' own."""
+    p = write_config(tmp_path / "study.toml", stores)
+    out = tmp_path / "out"
+    study_run.run_study(load_study_config(p), out, max_cells=5)
+    r = CliRunner().invoke(coordinator_app, ["study", "--config", str(p), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "study cells:" in ln]
+    assert lines[0].endswith("study cells: resumed from step 5 of 9"), lines
+    assert "step 9/9 (100%)" in lines[-1], lines
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -332,6 +345,32 @@ def test_a_killed_worker_is_reported_as_a_machine_fault_and_keeps_finished_cells
         study_run._run_parallel(cfg, data, split, states, jobs, 2, record)
     assert not isinstance(err.value, InputError) and err.value.exit_code == EXIT_INTERNAL
     assert 1 <= len(recorded) <= 2  # cells that finished together with the first are kept
+
+
+def test_a_pool_found_broken_at_submit_is_the_same_machine_fault(monkeypatch):
+    """The other way a dead worker shows: the next cell's submit finds the pool broken."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    class BrokenPool:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> BrokenPool:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def submit(self, *args: object) -> None:
+            raise BrokenProcessPool("a child process terminated abruptly")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", BrokenPool)
+    jobs = {0: (study_run.Cell("none", 1.0, 0), (0, 1))}
+    with pytest.raises(ToolkitError, match="worker process died") as err:
+        study_run._run_parallel(None, None, None, {}, jobs, 1, lambda n, res: None)  # type: ignore[arg-type]
+    assert err.value.exit_code == EXIT_INTERNAL
+    assert isinstance(err.value.__cause__, BrokenProcessPool)
 
 
 def test_workers_are_capped_by_available_memory(monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -50,16 +52,26 @@ def study(
     cfg = load_study_config(config)
     out_dir = output or config.with_suffix("")
     n = len(cells_of(cfg))
-    with (
-        workspace_lock(out_dir),  # one study per output folder
-        progress_bar("study cells", n, enabled=not json_out) as advance,
-    ):
+    with workspace_lock(out_dir), ExitStack() as bar:  # one study per output folder
+        advance: list[Callable[[int], None]] = []
+        cached = [0]
+
+        def cells_start(k: int) -> None:
+            # The bar opens once pretraining is done, its clock and ETA counting new cells only.
+            cached[0] = k
+            advance.append(bar.enter_context(progress_bar("study cells", n, not json_out, k)))
+
+        def on_cell(cell: object, i: int, total: int) -> None:
+            if i > cached[0]:
+                advance[0](1)
+
         results = run_study(
             cfg,
             out_dir,
-            progress=lambda cell, i, total: advance(1),
+            progress=on_cell,
             log=lambda s: err.print(s, markup=False) if not json_out else None,
             workers=workers or usable_cores(),
+            cells_start=cells_start,
         )
         paths = write_outputs(results, out_dir, phantom=phantom)
     if json_out:

@@ -198,11 +198,14 @@ def run_study(
     log: Callable[[str], None] = lambda s: None,
     max_cells: int | None = None,
     workers: int = 1,
+    cells_start: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) every cell; returns all cell results in grid order. ``max_cells``
     stops early after that many new cells (for tests of resumption). ``workers`` > 1 fine-tunes
     that many cells at a time, each in its own process with an equal share of the CPU threads
-    (the small classifier keeps one core busier than it keeps two)."""
+    (the small classifier keeps one core busier than it keeps two). ``cells_start(k)`` is
+    called once the conditions are pretrained, before any cell runs, with the number of cells
+    finished by an earlier run (``progress`` then reports those first)."""
     out.mkdir(parents=True, exist_ok=True)
     data, split = _load_external(cfg, out)  # an empty store is refused before any write
     atomic_write_json(out / "config.json", _config_record(cfg))
@@ -217,6 +220,8 @@ def run_study(
             done[n] = json.loads(path.read_text())
         elif max_cells is None or len(todo) < max_cells:
             todo.append(n)
+    if cells_start:
+        cells_start(len(done))
     if progress:
         for i, n in enumerate(sorted(done), start=1):
             progress(cells[n], i, len(cells))
@@ -372,7 +377,7 @@ def _run_parallel(
         raise ToolkitError(
             "a study worker process died (out of memory or killed)",
             hint="rerun with fewer --workers; finished cells are kept",
-        )
+        ) from failure
     if failure is not None:
         raise failure
 
