@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
 from shared.dicom.headers import Skipped, read_headers
 from shared.dicom.scan import load_mapping, scan
@@ -119,6 +119,48 @@ def test_truncated_compressed_pixel_data_is_skipped_at_scan(tmp_path):
         got = read_headers(str(part))
         assert isinstance(got, Skipped) and got.reason.startswith("truncated file (compressed")
         assert says in got.reason
+
+
+def _mr_file(path: Path, syntax: str) -> bytes:
+    """A small single-frame MR image in ``syntax`` (native pixels)."""
+    import numpy as np
+
+    ds = Dataset()
+    ds.Modality, ds.SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.ImagePositionPatient, ds.PixelSpacing = [0, 0, 0], [1, 1]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    big = syntax == ExplicitVRBigEndian
+    ds.PixelData = np.arange(256, dtype=">u2" if big else "<u2").tobytes()
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID, fm.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    fm.TransferSyntaxUID = syntax
+    ds.file_meta = fm
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_deflated_and_big_endian_files_are_judged_on_their_own_terms(tmp_path):
+    """A deflated file's offsets count the inflated stream, so its size says nothing about
+    truncation; a big-endian file cut inside its dataset (pydicom's lenient reading returns it
+    empty) is named corrupt or truncated, not "not MR"."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    deflated = tmp_path / "deflated.dcm"
+    _mr_file(deflated, DeflatedExplicitVRLittleEndian)
+    frames = read_headers(str(deflated))
+    assert isinstance(frames, list) and frames[0].rows == 16
+    data = _mr_file(tmp_path / "big.dcm", ExplicitVRBigEndian)
+    assert isinstance(read_headers(str(tmp_path / "big.dcm")), list)
+    cut = tmp_path / "big-cut.dcm"
+    cut.write_bytes(data[:300])  # just past the file meta
+    got = read_headers(str(cut))
+    assert isinstance(got, Skipped) and got.reason.startswith("corrupt or truncated header")
 
 
 def test_pydicom_real_mr_files_scan_without_crash():

@@ -108,11 +108,15 @@ def _read_headers(path: str) -> list[FrameHeader] | Skipped:
     try:
         size = os.path.getsize(path)
         # The bounded read covers classic little-endian files; pydicom reads everything else.
-        ds = read_bounded(path) or pydicom.dcmread(path, defer_size=512)
+        bounded = read_bounded(path)
+        ds = bounded or pydicom.dcmread(path, defer_size=512)
     except InvalidDicomError:
         return Skipped(path, "not DICOM")
     except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
         return Skipped(path, f"corrupt or truncated header ({type(exc).__name__})")
+    if bounded is None and len(ds) == 0 and getattr(ds, "file_meta", None):
+        # pydicom's lenient reading gives up on a broken dataset and returns it empty
+        return Skipped(path, "corrupt or truncated header (no element after the file meta)")
     try:
         return _frames(path, ds, size)
     except (AttributeError, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -133,6 +137,7 @@ def frames_from_dataset(
 
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 UNDEFINED_LENGTH = 0xFFFFFFFF
+DEFLATED = "1.2.840.10008.1.2.1.99"
 _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 
@@ -206,6 +211,9 @@ def _frames(
     # (compressed) pixel data must reach its sequence delimiter.
     tell = getattr(raw, "value_tell", None)
     length = getattr(raw, "length", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+    if ts == DEFLATED:  # offsets count the inflated stream, not the file's bytes
+        tell = None
     if require_pixels and tell is not None and length not in (None, UNDEFINED_LENGTH):
         if tell + length > size:
             return Skipped(
@@ -217,7 +225,6 @@ def _frames(
             return Skipped(
                 path, f"truncated file (compressed pixel data {short}, file has {size} bytes)"
             )
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
     common = dict(
         path=path,
         study_uid=str(ds.get("StudyInstanceUID", "")),
