@@ -29,8 +29,8 @@ BIN = Path(sys.executable).parent
 
 
 def _cli(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    # A safety bound only: the quick demo takes ~4 min on 2 idle cores and took 10 min on a
-    # machine loaded at 4-5; a busy CI machine must not fail it.
+    # A safety bound only: the quick demo takes about 9 minutes on 2 idle AVX2 cores and took
+    # 30 on a machine that shared them with a 2-core job; a busy CI machine must not fail it.
     return subprocess.run(
         [str(BIN / name), *args], capture_output=True, text=True, cwd=cwd, timeout=3600
     )
