@@ -167,6 +167,22 @@ def test_sampling_speed_figures_speedup_and_kid_per_sequence() -> None:
     assert "0.75" in lf.target
 
 
+def test_sampling_speed_default_is_the_profiles_default_now() -> None:
+    """A record measured before the cpu default became rflow-heun-3 reports that row."""
+    rec = json.loads(json.dumps(SAMPLING_SPEED))
+    heun = rec["rows"][0] | {
+        "role": "rflow network",
+        "sampler": "rflow-heun",
+        "steps": 3,
+        "seconds_per_case": 0.185,
+        "speedup_vs_ddpm1000": 63.38,
+    }
+    rec["rows"].append(heun)
+    speed = _by_name(extract("sampling_speed", rec), "end-to-end")
+    assert (speed.value, speed.ratio, speed.met) == (0.185, 63.38, True)
+    assert "rflow-heun-3 default" in speed.name
+
+
 def test_calibration_figures_against_the_target_band() -> None:
     auc, sd = extract("phantom_calibration", CALIBRATION)
     assert (auc.value, auc.met, auc.target) == (0.925, False, "0.80–0.92")

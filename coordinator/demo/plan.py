@@ -130,9 +130,9 @@ FULL = DemoPlan(
         "phantom-external": 239,
         "keys": 1,
         "train": 1440,
-        "generate": 246,
+        "generate": 154,  # 246 s with 25 Euler steps; less 192 x 0.48 s for Heun's 3 steps
         "fidelity": 39,
-        "export-synthetic": 237,
+        "export-synthetic": 145,  # samples its own 192 cases: 237 s with 25 Euler steps
         "pretrain": 27,
         "export-weights": 1,
         "audit": 1,

@@ -269,10 +269,18 @@ def generate(
         typer.Option(
             "--sampler",
             help="rflow (Euler) or rflow-heun (second order) for rflow models; ddim, or "
-            "ddpm (the 1000-step baseline) for DDPM models. Default: the profile's.",
+            "ddpm (the 1000-step baseline) for DDPM models. Default: the one the model was "
+            "trained with (its profile's then; cpu: rflow-heun, 3 steps).",
         ),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            help="Sampling steps (rflow-heun: n steps cost 2n - 1 network passes). Default: the "
+            "model's with its own sampler, 50 with another.",
+        ),
+    ] = None,
     guidance: Annotated[
         float | None, typer.Option("--guidance", help="Classifier-free guidance scale.")
     ] = None,
