@@ -31,6 +31,19 @@ def test_same_seed_same_bytes(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_worker_processes_write_the_bytes_one_process_writes(tmp_path):
+    """Two workers, each held to one BLAS/OpenMP thread (shared/worker_threads.py), write
+    every DICOM, NIfTI and MHA file byte for byte as one process with the default threads."""
+    from shared.phantom.consortium import generate_site
+
+    generate_site(tmp_path / "one", 3, "external", 5, "tiny", workers=1)
+    generate_site(tmp_path / "two", 3, "external", 5, "tiny", workers=2)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.*"))
+    assert len([f for f in files if f.suffix == ".mha"]) == 9
+    for f in files:
+        assert (tmp_path / "two" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
+
+
 def test_lesion_and_gland_adc_are_in_clinical_ranges(phantom_sites):
     """Vendor ADC (fitted from noisy DWI) in the lesion core vs the normal peripheral zone."""
     lesion_adc, gland_adc = [], []

@@ -22,6 +22,7 @@ from shared.ingest.build import build_case_volumes, mask_centroid
 from shared.ingest.labels import LabelSheet
 from shared.profiles import Profile
 from shared.volume import load_nifti
+from shared.worker_threads import one_thread_each
 
 # 2: the prostate mask (when given) is kept in the case; 3: no SeriesDescription in case.json
 # (it is free text a technologist may fill with a patient's name): the role's reason instead.
@@ -174,7 +175,7 @@ def ingest_scan(
         )
     done = 0
     if workers > 1 and len(jobs) > 2:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=one_thread_each) as pool:
             for cid, err in pool.map(_run_job, jobs):
                 done += 1
                 _record(report, cid, err)
@@ -191,14 +192,6 @@ def ingest_scan(
     atomic_write_json(workspace / "reports" / f"ingest-{stamp}.json", report.to_json())
     atomic_write_json(workspace / "profile.json", {"profile": profile.to_dict()})
     return report
-
-
-def _one_thread_each() -> None:
-    """The pool already keeps every core busy: SimpleITK filters that also spread over all
-    cores in each worker would only contend with the other workers."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _record(report: IngestReport, cid: str, err: str | None) -> None:

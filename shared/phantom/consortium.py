@@ -445,7 +445,9 @@ def generate_site(
     if workers > 1 and n_cases > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        from shared.worker_threads import one_thread_each
+
+        with ProcessPoolExecutor(max_workers=workers, initializer=one_thread_each) as pool:
             futs = [pool.submit(generate_study, out, inst, prof, seed, i) for i in range(n_cases)]
             for f in futs:
                 truths.append(f.result())
