@@ -5,7 +5,8 @@
 # server; its policy is WORKSPACE/federation/policy.toml.
 #
 #   deploy/supernode.sh --superlink fl.example.org:8000 --ca CERT_DIR/ca.crt --key KEYS/node \
-#       --role site --workspace /srv/site-ws [--port 9094]
+#       --role site --workspace /srv/site-ws [--port 9094] [--threads N]
+#   (--threads N: at most N compute threads per message, for a machine shared with others)
 #   deploy/supernode.sh --make-key KEYS/node          # ECDSA P-384 OpenSSH key pair; send node.pub
 #   deploy/supernode.sh --insecure ...                # plain text, no auth: loopback tests only
 #   deploy/supernode.sh --stock-flower ...            # Flower's own SuperNode and executor
@@ -18,7 +19,7 @@
 # The audit log needs the site key's passphrase: SITE_AGENT_KEY_PASSPHRASE in the environment
 # or audit-passphrase-file in the policy.
 set -euo pipefail
-SUPERLINK="" CA="" KEY="" ROLE="" WS="" PORT=9094 INSECURE=0 STOCK=0 EXTRA=()
+SUPERLINK="" CA="" KEY="" ROLE="" WS="" PORT=9094 THREADS="" INSECURE=0 STOCK=0 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --make-key)
@@ -34,10 +35,11 @@ while [[ $# -gt 0 ]]; do
     --role) ROLE=$2; shift 2 ;;
     --workspace) WS=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
     --insecure) INSECURE=1; shift ;;
     --stock-flower) STOCK=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 [[ -n $SUPERLINK && -n $ROLE && -n $WS ]] || { echo "error: --superlink, --role and --workspace are required" >&2; exit 2; }
@@ -50,8 +52,9 @@ export PATH="$BIN:$PATH"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_HOME=${FLWR_HOME:-$WS/federation/flwr-home}
 mkdir -p "$FLWR_HOME"
-ARGS=(--superlink "$SUPERLINK" --port "$PORT"
-      --node-config "role='$ROLE' workspace='$WS'")
+[[ -z $THREADS || ( $THREADS =~ ^[1-9][0-9]{0,3}$ && $THREADS -le 1024 ) ]] || { echo "error: --threads must be a whole number from 1 to 1024" >&2; exit 2; }
+NODE_CONFIG="role='$ROLE' workspace='$WS'${THREADS:+ threads=$THREADS}"
+ARGS=(--superlink "$SUPERLINK" --port "$PORT" --node-config "$NODE_CONFIG")
 if [[ $INSECURE == 1 ]]; then
   echo "WARNING: --insecure: plain text to the SuperLink and no node authentication;" \
        "use only on a closed test loopback." >&2

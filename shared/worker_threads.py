@@ -14,12 +14,22 @@ _limits: Any = None  # kept for the worker's lifetime: dropping it would restore
 
 def one_thread_each() -> None:
     """A ``ProcessPoolExecutor`` initializer: BLAS, OpenMP and SimpleITK on one thread."""
+    limit_threads(1)
+
+
+def limit_threads(n: int) -> None:
+    """At most ``n`` compute threads in this process from now on: BLAS and OpenMP pools,
+    torch's intra-op threads if torch is loaded, SimpleITK's filters if it is."""
     global _limits
+    import sys
+
     from threadpoolctl import threadpool_limits
 
-    _limits = threadpool_limits(1)
+    _limits = threadpool_limits(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
     try:
         import SimpleITK as sitk
     except ImportError:  # a pool whose work never touches SimpleITK
         return
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)

@@ -667,6 +667,17 @@ def test_a_node_never_creates_its_workspace(tmp_path):
     assert not ws.exists()
 
 
+@pytest.mark.parametrize("bad", [0, -2, 2000, "4", 1.5, True])
+def test_a_nodes_threads_option_must_be_a_whole_number_in_range(tmp_path, bad):
+    from shared.errors import InputError
+    from shared.federation.node import resolve_node
+
+    with pytest.raises(InputError, match="node option threads must be a whole number from 1"):
+        resolve_node({"role": "site", "workspace": str(tmp_path), "threads": bad}, {})
+    ok = resolve_node({"role": "site", "workspace": str(tmp_path), "threads": 4}, {})
+    assert ok.options["threads"] == 4
+
+
 def test_federate_holds_its_folders(runner, tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "coord").mkdir()

@@ -200,3 +200,26 @@ def test_object_pulls_retry_after_50_ms_in_every_process_of_a_round(monkeypatch)
     ):
         assert patched.func.__name__ == original  # Flower's own function, wrapped once
         assert patched.keywords == {"initial_backoff": 0.05, "backoff_cap": 0.5}
+
+
+@pytest.mark.parametrize(("threads", "rc"), [("2", 0), ("0", 2), ("1025", 2), ("two", 2)])
+def test_supernode_launcher_puts_threads_in_the_node_config(tmp_path, threads, rc):
+    """``supernode.sh --threads N`` reaches the ClientApp as the node option threads=N (a
+    stand-in flower-supernode prints what it was given); a bad N stops it in one line."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "flower-supernode").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (fake / "flower-supernode").chmod(0o755)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    res = subprocess.run(
+        ["bash", str(DEPLOY / "supernode.sh"), "--superlink", "127.0.0.1:9092", "--role", "site",
+         "--workspace", str(ws), "--insecure", "--stock-flower", "--threads", threads],
+        capture_output=True, text=True, timeout=60,
+        env=os.environ | {"FLWR_BIN": str(fake), "FLWR_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert res.returncode == rc, res.stderr
+    if rc == 0:
+        assert f"role='site' workspace='{ws.resolve()}' threads=2" in res.stdout.splitlines()
+    else:
+        assert "--threads must be a whole number from 1 to 1024" in res.stderr

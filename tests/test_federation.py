@@ -294,6 +294,30 @@ def test_dp_clipping_bounds_the_update(tmp_path):
     assert reply.content.metric_records["metrics"]["clipped"] == 1
 
 
+def test_a_nodes_threads_option_caps_its_compute_threads(site_ws):
+    """An admin who shares the node's machine sets threads=N in its node config: a train
+    message then runs torch and BLAS on N threads (here 1)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from shared import worker_threads
+    from shared.federation.client_app import app
+
+    before = torch.get_num_threads()  # 1 in this suite (conftest)
+    try:
+        for n in (2, 1):  # each differs from what the process had before the message
+            ctx = _context(site_ws)
+            ctx.node_config["threads"] = n
+            reply = app(_message("train", {"local-steps": 1, "batch-size": 4}), ctx)
+            assert not reply.has_error(), reply.error
+            assert torch.get_num_threads() == n
+        assert {p["num_threads"] for p in threadpool_info()} == {1}
+    finally:  # this test's process runs other tests next
+        torch.set_num_threads(before)
+        if worker_threads._limits is not None:
+            worker_threads._limits.restore_original_limits()
+
+
 # --------------------------------------------------------------------------- reply validation
 
 

@@ -152,6 +152,10 @@ def _timed(role, kind: str, msg: Message, context: Context, node) -> tuple[Any, 
         from shared.federation.local import preload
 
         preload()
+    if node.options.get("threads"):  # after preload: torch is loaded by then
+        from shared.worker_threads import limit_threads
+
+        limit_threads(node.options["threads"])
     startup = _Clock.startup()
     t0 = time.perf_counter()
     content, details = role.handle(kind, msg, context, node)

@@ -18,7 +18,8 @@ from shared.federation.records import ROLES
 
 SIM_NODES_KEY = "sim-nodes"
 # Options a node (never the server, except through sim-nodes in simulation) may set.
-NODE_OPTIONS = ("site", "test-fault")
+NODE_OPTIONS = ("site", "test-fault", "threads")
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,20 @@ def resolve_node(node_config: dict[str, Any], run_config: dict[str, Any]) -> Nod
     if not ws:
         raise InputError("node config needs workspace='/path/to/workspace'")
     options = {k: entry[k] for k in NODE_OPTIONS if k in entry}
+    if "threads" in options:  # the machine's admin caps the node's compute threads
+        options["threads"] = _threads(options["threads"])
     folder = Path(str(ws)).expanduser().resolve()
     if not folder.is_dir():  # never create a workspace at a mistyped path
         what = "is not a folder" if folder.exists() else "does not exist"
         raise InputError(f"this node's workspace {folder} {what}")
     return NodeIdentity(role, folder, options, simulated)
+
+
+def _threads(value: Any) -> int:
+    """A node's ``threads`` option: a whole number of compute threads, 1 to ``MAX_THREADS``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THREADS
+    if not ok:
+        raise InputError(
+            f"node option threads must be a whole number from 1 to {MAX_THREADS}, not {value!r}"
+        )
+    return int(value)
