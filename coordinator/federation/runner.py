@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.federation.config import FederationConfig, FedToml
+from coordinator.federation.fab import staged_app
 from shared.errors import InputError, ToolkitError
 
 COMPLETED = "finished:completed"
@@ -227,10 +228,12 @@ def flwr_run(
     overrides.write_text(
         "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.to_run_config().items())
     )
+    # the app's files alone: Flower would walk the whole source tree, .venv included
+    app = staged_app(app_dir(), Path(tempfile.mkdtemp(prefix="app-", dir=flwr_home)) / "app")
     cmd = [
         flwr_bin("flwr"),
         "run",
-        str(app_dir()),
+        str(app),
         connection,
         "--run-config",
         str(overrides),
