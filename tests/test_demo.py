@@ -8,16 +8,21 @@ verify`, and the study's and federation's metrics are read from their CSV files.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from coordinator.demo.configs import CONDITIONS, write_fed_toml, write_study_toml
 from coordinator.demo.plan import QUICK
+from coordinator.demo.run import Demo, Step
 from coordinator.demo.steps import DemoState, Runner, StepFailed
 from coordinator.federation.config import load_fed_toml
 from coordinator.study.config import load_study_config
@@ -114,7 +119,7 @@ def test_quick_demo_runs_end_to_end_and_its_outputs_check_out(tmp_path: Path) ->
         assert rec["outputs"][f"fidelity-{site}"]["report"] == str(report / "fidelity.md")
         diag = json.loads((report / "fidelity.json").read_text())["diagnostics"]
         assert "error" not in diag, diag
-        assert diag["label_fidelity"]["n_synthetic"] == QUICK.synthetic_cases
+        assert diag["label_fidelity"]["n_synthetic"] == QUICK.generated_cases
         assert 0.0 <= diag["label_fidelity"]["auc_synthetic"] <= 1.0
         assert "## Is this synthetic set worth exporting?" in (report / "fidelity.md").read_text()
     assert "worth exporting?" in (ws / "DEMO.md").read_text()
@@ -207,3 +212,104 @@ def test_written_configs_load_with_the_real_parsers(tmp_path: Path) -> None:
     assert by["real-source"].weights == (imp / "r").resolve()
     assert cfg.fractions == QUICK.study_fractions
     assert by["federated-synthetic"].kind == "federated"
+
+
+def test_lanes_are_independent_chains_and_cover_every_step(tmp_path: Path) -> None:
+    demo = Demo(QUICK, tmp_path / "ws")
+    lanes = demo.lanes()
+    names = [[st.name for st in lane] for lane in lanes]
+    flat = [n for lane in names for n in lane]
+    assert len(flat) == len(set(flat))  # no step in two lanes
+    tail = [st.name for st in demo.coordinator_steps()]
+    assert [st.name for st in demo.steps()] == flat + tail
+    assert tail == ["trust", "import", "federate", "study"]
+    assert names[-1] == ["phantom-external", "ingest-external"]
+    for site, lane in zip(QUICK.sites, names, strict=False):
+        # a hospital's chain, in the order a site works: data, model, review, export, audit
+        order = [f"{k}-{site.name}" for k in ("phantom", "train", "generate", "fidelity")]
+        order += [f"export-synthetic-{site.name}", f"audit-{site.name}"]
+        assert [n for n in lane if n in order] == order
+        assert all(n.endswith(site.name) for n in lane)
+
+
+def _fake_demo(tmp_path: Path, fail: str | None = None) -> tuple[Demo, list[tuple]]:
+    """The quick plan's demo with its lanes replaced by steps that record when they ran (and
+    the OMP_NUM_THREADS their command would get); ``fail`` names a step that fails."""
+    demo = Demo(QUICK, tmp_path / "ws")
+    events: list[tuple] = []
+
+    def act(name: str):
+        def run() -> dict:
+            t0 = time.monotonic()
+            if name == fail:
+                time.sleep(0.1)  # the other lanes are in their first step by now
+                raise StepFailed(f"demo step {name} failed (exit 3): bad input", exit_code=3)
+            time.sleep(0.3)
+            events.append((name, t0, time.monotonic(), demo._threads()))
+            return {"ran": name}
+
+        return run
+
+    lanes = [[Step(f"{k}-{i}", "keys", act(f"{k}-{i}")) for i in range(2)] for k in "abc"]
+    demo.lanes = lambda: lanes  # type: ignore[method-assign]
+    demo.coordinator_steps = lambda: [Step("tail", "trust", act("tail"))]  # type: ignore[method-assign]
+    return demo, events
+
+
+def test_lanes_run_side_by_side_sharing_the_cores_then_the_coordinator(tmp_path: Path) -> None:
+    demo, events = _fake_demo(tmp_path)
+    started, finished = [], []
+    demo.run(lambda st, skipped, s: finished.append(st.name), lambda st: started.append(st.name))
+    span = {name: (t0, t1) for name, t0, t1, _ in events}
+    assert set(finished) == set(started) == set(span) and len(span) == 7
+    first = [span[f"{k}-0"] for k in "abc"]
+    assert max(t0 for t0, _ in first) < min(t1 for _, t1 in first)  # the lanes overlapped
+    for k in "abc":  # each lane in its order
+        assert span[f"{k}-0"][1] <= span[f"{k}-1"][0]
+    assert span["tail"][0] >= max(t1 for n, (_, t1) in span.items() if n != "tail")
+    cores = len(os.sched_getaffinity(0))
+    shares = {name: threads for name, _, _, threads in events}
+    assert shares["a-0"] == max(1, cores // 3) and shares["tail"] == cores
+    # one lane at a time: no overlap, and every step may use every core
+    demo2, events2 = _fake_demo(tmp_path / "one")
+    demo2.run(lambda *a: None, jobs=1)
+    spans = sorted((t0, t1) for _, t0, t1, _ in events2)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert {threads for *_, threads in events2} == {cores}
+
+
+def test_a_failed_lane_stops_the_others_after_their_step_and_a_rerun_continues(
+    tmp_path: Path,
+) -> None:
+    demo, events = _fake_demo(tmp_path, fail="a-0")
+    with pytest.raises(StepFailed) as info:
+        demo.run(lambda *a: None)
+    assert info.value.exit_code == 3
+    ran = {e[0] for e in events}
+    assert ran <= {"b-0", "c-0"}  # the others finished the step they were in, no more
+    assert set(demo.state.data["done"]) == ran  # and it is recorded
+    again, events2 = _fake_demo(tmp_path)  # the same workspace, the failure fixed
+    again.run(lambda *a: None)
+    every = {f"{k}-{i}" for k in "abc" for i in range(2)} | {"tail"}
+    assert {e[0] for e in events2} == every - ran
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to share")
+def test_a_lane_command_starts_with_its_share_of_the_cores(tmp_path: Path) -> None:
+    show = "import json, os; print(json.dumps(os.environ.get('OMP_NUM_THREADS')))"
+    cmd = [sys.executable, "-c", show]
+    assert Runner(tmp_path, {}, lambda: 1).run("share", cmd, want_json=True) == "1"
+    cores = len(os.sched_getaffinity(0))
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    alone = Runner(tmp_path, {}, lambda: cores)
+    alone.env = env
+    assert alone.run("alone", cmd, want_json=True) is None  # every core: left to the tool
+
+
+def test_new_eta_weights_do_not_strand_a_half_finished_demo(tmp_path: Path) -> None:
+    DemoState(tmp_path, QUICK.record()).finish("phantom-aurora", 1.0)
+    retimed = dataclasses.replace(QUICK, expected_seconds={"train": 1.0})
+    assert DemoState(tmp_path, retimed.record()).done("phantom-aurora")
+    with pytest.raises(InputError, match="other settings"):  # what it does still must match
+        DemoState(tmp_path, dataclasses.replace(QUICK, study_seeds=9).record())

@@ -26,6 +26,16 @@ def demo(
         Path | None,
         typer.Option("--workspace", "-w", help="Demo folder (default: demo-quick or demo-full)."),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=0,
+            help="Independent lanes run at once: each hospital's steps and the external "
+            "institution's, as on their own machines, sharing the cores (0: all of them; 1: "
+            "one step at a time).",
+        ),
+    ] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Build a phantom consortium (two source hospitals of different vendors and one
@@ -41,10 +51,10 @@ def demo(
     plan = PLANS["quick" if quick else "full"]
     ws = workspace or Path(f"demo-{plan.name}")
     with workspace_lock(ws):  # its sites and coordinator are separate workspaces, own locks
-        _run_demo(plan, ws, json_out)
+        _run_demo(plan, ws, json_out, jobs)
 
 
-def _run_demo(plan: DemoPlan, ws: Path, json_out: bool) -> None:
+def _run_demo(plan: DemoPlan, ws: Path, json_out: bool, jobs: int = 0) -> None:
     """Every unfinished step of ``plan`` in ``ws``, then the checks and the summary."""
     from rich.progress import (
         BarColumn,
@@ -73,17 +83,29 @@ def _run_demo(plan: DemoPlan, ws: Path, json_out: bool) -> None:
     )
     with prog:
         task = prog.add_task("demo", total=sum(weight.values()), step=0, n=len(steps))
-        names = [s.name for s in steps]
+        running: list[str] = []
+        finished = [0]
+
+        def show() -> None:
+            desc = ", ".join(running) if running else "checks"
+            if len(desc) > 34:  # lanes side by side: the first and how many more
+                desc = f"{running[0]} +{len(running) - 1} more"
+            prog.update(task, step=finished[0], description=desc)
+
+        def on_start(step) -> None:
+            running.append(step.name)
+            show()
 
         def on_step(step, skipped: bool, seconds: float) -> None:
-            i = names.index(step.name)
-            nxt = names[i + 1] if i + 1 < len(names) else "checks"
-            prog.update(task, advance=weight[step.name], step=i + 1, description=nxt)
+            if step.name in running:
+                running.remove(step.name)
+            finished[0] += 1
+            prog.update(task, advance=weight[step.name])
+            show()
             if not skipped and not json_out:
                 prog.console.print(f"  {step.name} done in {seconds:.0f} s", highlight=False)
 
-        prog.update(task, description=names[0])
-        d.run(on_step)
+        d.run(on_step, on_start, jobs=jobs)
     checks = check_outputs(d)
     record = write_summary(d, checks, time.perf_counter() - t0)
     if json_out:

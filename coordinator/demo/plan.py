@@ -1,7 +1,8 @@
 """What the demo consortium is: its sites, sizes, training lengths and study grid.
 
 Two plans: ``quick`` (the ``tiny`` profile, within 10 minutes on 2 cores, what CI runs) and
-``full`` (the ``cpu`` profile, within 30). The sizes are chosen so every step has enough cases
+``full`` (the ``cpu`` profile, within 30). ``expected_seconds`` weighs each step for the
+progress bar's ETA. The sizes are chosen so every step has enough cases
 for its minimums (the external split's smallest fraction keeps both classes).
 """
 
@@ -25,7 +26,7 @@ class DemoPlan:
     profile: str
     sites: tuple[SitePlan, ...]
     external_cases: int
-    synthetic_cases: int  # exported by each site
+    synthetic_cases: int  # exported by each site (from its generated_cases)
     autoencoder_steps: int | None  # None: the profile's
     diffusion_steps: int | None
     site_pretrain_steps: int | None  # the real-source and reconstructed-source weights
@@ -41,8 +42,18 @@ class DemoPlan:
     budget_minutes: int
     expected_seconds: dict[str, float] = field(default_factory=dict)  # per step kind, for ETA
 
+    @property
+    def generated_cases(self) -> int:
+        """Cases each site generates and reviews: the export takes its cases from these, and
+        the margin replaces any the memorisation screen flags."""
+        return self.synthetic_cases + max(2, self.synthetic_cases // 10)
+
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        """What the run does (kept with its state: a rerun must match it); the ETA weights
+        are not part of it, so a new release's timings never strand a half-finished demo."""
+        rec = asdict(self)
+        del rec["expected_seconds"]
+        return rec
 
 
 SITES = (
@@ -80,25 +91,24 @@ QUICK = DemoPlan(
     fed_local_steps=5,
     fed_adapt_fraction=0.5,
     budget_minutes=10,
-    # measured on 2 cores of an AVX2-only AMD EPYC (a short test run shared the first minute),
-    # 2026-12-06: 581 s in all; the same plan with 80 external cases took 263 s on the AMX
-    # Intel machine of earlier sessions
+    # Step times of a run on 2 idle cores of the AMX Intel Xeon, 2026-12-07 (181 s in all): the
+    # three lanes ran side by side, so these overlap; the progress bar needs their proportions
     expected_seconds={
-        "phantom-site": 28,
-        "phantom-external": 174,
+        "phantom-site": 23,
+        "phantom-external": 110,
         "keys": 1,
-        "train": 18,
+        "train": 19,
         "generate": 17,  # sampling + the first fidelity report (trains its two classifiers)
-        "fidelity": 13,  # the same report again, its classifiers and MS-SSIM cached
-        "export-synthetic": 15,
-        "pretrain": 7,
+        "fidelity": 12,  # the same report again, its classifiers and MS-SSIM cached
+        "export-synthetic": 14,
+        "pretrain": 5,
         "export-weights": 1,
         "audit": 1,
-        "ingest-external": 14,
+        "ingest-external": 7,
         "trust": 1,
-        "import": 3,
-        "federate": 34,
-        "study": 149,  # 36 cells, two at a time
+        "import": 1,
+        "federate": 17,
+        "study": 46,  # 36 cells, two at a time
         "checks": 5,
     },
 )
@@ -124,23 +134,24 @@ FULL = DemoPlan(
     fed_adapt_fraction=0.5,
     budget_minutes=30,
     expected_seconds={
-        # The uncontended steps of the 2026-12-07 float32 run on 2 cores of an AVX2-only AMD
-        # EPYC (about 81 minutes in all; with bf16 on the AMX Intel machine, 2026-12-06: 1299 s)
-        "phantom-site": 64,
-        "phantom-external": 239,
+        # Step times of a float32 run on 2 idle cores of the AMX Intel Xeon, 2026-12-07 (1087 s
+        # in all): the lanes ran side by side, so these overlap (each training 680 s at one
+        # thread, 327 s alone at two)
+        "phantom-site": 77,
+        "phantom-external": 210,
         "keys": 1,
-        "train": 1440,
-        "generate": 154,  # 246 s with 25 Euler steps; less 192 x 0.48 s for Heun's 3 steps
-        "fidelity": 39,
-        "export-synthetic": 145,  # samples its own 192 cases: 237 s with 25 Euler steps
-        "pretrain": 27,
+        "train": 680,
+        "generate": 80,
+        "fidelity": 18,
+        "export-synthetic": 47,  # the generated cases: no sampling of its own
+        "pretrain": 10,
         "export-weights": 1,
         "audit": 1,
-        "ingest-external": 24,
+        "ingest-external": 19,
         "trust": 1,
-        "import": 13,
-        "federate": 56,
-        "study": 405,
+        "import": 6,
+        "federate": 22,
+        "study": 134,
         "checks": 10,
     },
 )

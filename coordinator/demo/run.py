@@ -12,15 +12,25 @@ Layout of the demo workspace::
     DEMO.md, demo-summary.json            what ran, the results and where everything is
 
 Every step runs the real command-line tool in its own process: what a hospital's IT or the
-coordinator would type. Phantom data checks the machinery, not clinical truth.
+coordinator would type. The hospitals and the external institution are independent until the
+coordinator imports their bundles, so their chains of steps (lanes) run side by side, as they
+would on their own machines; each step's torch, BLAS and OpenMP get its share of the cores
+(``OMP_NUM_THREADS``: thread pools that spin must not share a core), while the phantom writer
+keeps a process per core (processes share cores without that cost: the external institution's
+phantoms, the longest step of the quick demo, then use what the hospitals' lanes leave idle).
+The coordinator's steps run one after another once every lane is done. Phantom
+data checks the machinery, not clinical truth.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +68,11 @@ class Demo:
         self.state = DemoState(self.ws, plan.record())
         self.coord = self.ws / "coordinator"
         self.sites = {s.name: self.ws / "sites" / s.name for s in plan.sites}
-        self.runner = Runner(self.ws, {PASSPHRASE_ENV: self._passphrase()})
+        self.runner = Runner(self.ws, {PASSPHRASE_ENV: self._passphrase()}, self._threads)
+        self._cores = len(os.sched_getaffinity(0))
+        self._active_lanes = 0
+        self.lanes_at_once = 1  # how many lanes the last run() ran side by side
+        self._lock = threading.Lock()
 
     def _passphrase(self) -> str:
         """The demo sites' key passphrase: random, kept (owner-only) in the demo workspace so a
@@ -70,38 +84,56 @@ class Demo:
         return path.read_text().strip()
 
     # -- the steps ------------------------------------------------------------------------
-    def steps(self) -> list[Step]:
+    def lanes(self) -> list[list[Step]]:
+        """The independent chains of steps: one per hospital (its phantom DICOM, keys,
+        training, generation, fidelity report and screened exports; the source site also its
+        classifier weights) and the external institution's (its phantom DICOM, ingested at the
+        coordinator). Nothing in one lane reads what another writes."""
         p = self.plan
-        out: list[Step] = []
+        src = p.sites[0].name  # the single source site of the paper's conditions
+        lanes: list[list[Step]] = []
         for s in p.sites:
-            out.append(Step(f"phantom-{s.name}", "phantom-site", self._phantom(s.name, s)))
-        out.append(Step("phantom-external", "phantom-external", self._phantom_external))
-        for s in p.sites:
-            out += [
+            lane = [
+                Step(f"phantom-{s.name}", "phantom-site", self._phantom(s.name, s)),
                 Step(f"keys-{s.name}", "keys", self._keys(s.name)),
                 Step(f"train-{s.name}", "train", self._train(s.name)),
-                # as a site would: generate, read the fidelity report, then export
+                # as a site would: generate, read the fidelity report, then export those cases
                 Step(f"generate-{s.name}", "generate", self._generate(s.name)),
                 Step(f"fidelity-{s.name}", "fidelity", self._fidelity(s.name)),
                 Step(f"export-synthetic-{s.name}", "export-synthetic", self._export_syn(s.name)),
             ]
-        src = p.sites[0].name  # the single source site of the paper's conditions
-        for source in ("real", "reconstructed"):
-            out.append(Step(f"pretrain-{source}-{src}", "pretrain", self._pretrain(src, source)))
-            out.append(
-                Step(
-                    f"export-weights-{source}-{src}", "export-weights", self._export_w(src, source)
-                )
-            )
-        out += [Step(f"audit-{s.name}", "audit", self._audit(s.name)) for s in p.sites]
-        out += [
-            Step("ingest-external", "ingest-external", self._ingest_external),
+            if s.name == src:
+                for source in ("real", "reconstructed"):
+                    lane.append(
+                        Step(f"pretrain-{source}-{src}", "pretrain", self._pretrain(src, source))
+                    )
+                    lane.append(
+                        Step(f"export-weights-{source}-{src}", "export-weights",
+                             self._export_w(src, source))
+                    )  # fmt: skip
+            lane.append(Step(f"audit-{s.name}", "audit", self._audit(s.name)))
+            lanes.append(lane)
+        lanes.append(
+            [
+                Step("phantom-external", "phantom-external", self._phantom_external),
+                Step("ingest-external", "ingest-external", self._ingest_external),
+            ]
+        )
+        return lanes
+
+    def coordinator_steps(self) -> list[Step]:
+        """After every lane: the coordinator pins the sites' keys, imports their bundles,
+        runs the federation and the study."""
+        return [
             Step("trust", "trust", self._trust),
             Step("import", "import", self._import),
             Step("federate", "federate", self._federate),
             Step("study", "study", self._study),
         ]
-        return out
+
+    def steps(self) -> list[Step]:
+        """Every step: the lanes' (one lane after another), then the coordinator's."""
+        return [st for lane in self.lanes() for st in lane] + self.coordinator_steps()
 
     def _phantom(self, name: str, s: Any) -> Callable[[], None]:
         def act() -> None:
@@ -156,7 +188,7 @@ class Demo:
         def act() -> dict[str, Any]:
             res = self.runner.run(
                 f"generate-{name}",
-                [*SITE, "generate", "--n", str(self.plan.synthetic_cases), "-w",
+                [*SITE, "generate", "--n", str(self.plan.generated_cases), "-w",
                  str(self.sites[name]), "--json"],
                 want_json=True,
             )  # fmt: skip
@@ -175,12 +207,13 @@ class Demo:
         return act
 
     def _export_syn(self, name: str) -> Callable[[], dict[str, Any]]:
+        # the cases the site generated and read the fidelity report of, not new samples
         def act() -> dict[str, Any]:
             res = self.runner.run(
                 f"export-synthetic-{name}",
-                [*SITE, "export", "synthetic", "--n", str(self.plan.synthetic_cases), "-w",
-                 str(self.sites[name]), "--dicom-dir", str(self.ws / "phantom" / name / "dicom"),
-                 "--json"],
+                [*SITE, "export", "synthetic", "--n", str(self.plan.synthetic_cases),
+                 "--source", "store", "-w", str(self.sites[name]), "--dicom-dir",
+                 str(self.ws / "phantom" / name / "dicom"), "--json"],
                 want_json=True,
             )  # fmt: skip
             return {"bundle": _abs(res["bundle"]), "screen": _screen(res)}
@@ -290,17 +323,64 @@ class Demo:
         return {"config": str(cfg), **res}
 
     # -- driving ----------------------------------------------------------------------------
-    def run(self, on_step: Callable[[Step, bool, float], None]) -> None:
-        """Run every unfinished step in order; ``on_step(step, skipped, seconds)`` after each."""
-        for step in self.steps():
+    def _threads(self) -> int:
+        """A step's share of the cores: all of them, divided among the lanes running now."""
+        with self._lock:
+            active = self._active_lanes
+        return max(1, self._cores // max(1, active))
+
+    def run(
+        self,
+        on_step: Callable[[Step, bool, float], None],
+        on_start: Callable[[Step], None] | None = None,
+        jobs: int = 0,
+    ) -> None:
+        """Run every unfinished step: up to ``jobs`` lanes at once (0: all of them), each in
+        its order, then the coordinator's steps. ``on_start(step)`` before and ``on_step(step,
+        skipped, seconds)`` after each (called one at a time). After a failure the other lanes
+        finish the step they are in and stop; the first failure is raised."""
+        lanes = self.lanes()
+        width = len(lanes) if jobs <= 0 else min(jobs, len(lanes))
+        self.lanes_at_once = width
+        report = threading.Lock()
+        failed: list[BaseException] = []
+
+        def one(step: Step) -> None:
             if self.state.done(step.name):
-                on_step(step, True, 0.0)
-                continue
+                with report:
+                    on_step(step, True, 0.0)
+                return
+            if on_start:
+                with report:
+                    on_start(step)
             t0 = time.perf_counter()
             outputs = step.action()
             seconds = time.perf_counter() - t0
-            self.state.finish(step.name, seconds, outputs)
-            on_step(step, False, seconds)
+            with report:
+                self.state.finish(step.name, seconds, outputs)
+                on_step(step, False, seconds)
+
+        def lane(steps: list[Step]) -> None:
+            with self._lock:
+                self._active_lanes += 1
+            try:
+                for step in steps:
+                    if failed:
+                        return
+                    one(step)
+            except BaseException as exc:  # handed to the caller below
+                failed.append(exc)
+            finally:
+                with self._lock:
+                    self._active_lanes -= 1
+
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="demo-lane") as pool:
+            for fut in [pool.submit(lane, steps) for steps in lanes]:
+                fut.result()
+        if failed:
+            raise failed[0]
+        for step in self.coordinator_steps():
+            one(step)
 
 
 def _abs(path: str) -> str:

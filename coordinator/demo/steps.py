@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,22 +79,31 @@ class DemoState:
 class Runner:
     """Runs commands for the demo, logging each step to ``WS/logs/<step>.log``."""
 
-    def __init__(self, workspace: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, workspace: Path, env: dict[str, str], threads: Callable[[], int] | None = None
+    ) -> None:
         self.workspace = workspace
         self.logs = workspace / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = os.environ | env
+        self.threads = threads  # the cores a command may use now (None: all)
 
     def run(self, step: str, cmd: list[str], want_json: bool = False) -> Any:
         """Run ``cmd``; returns its parsed stdout JSON when ``want_json``. A failure raises
         ``StepFailed`` with the command's exit code and the last line it printed."""
         log = self.logs / f"{step}.log"
+        env = self.env
+        share = self.threads() if self.threads else None
+        if share is not None and share < len(os.sched_getaffinity(0)):
+            # torch, OpenBLAS and OpenMP read it at start-up: lanes side by side must not
+            # each start a thread per core (two spinning thread pools on one core)
+            env = env | {"OMP_NUM_THREADS": str(share)}
         t0 = time.perf_counter()
         with open(log, "a") as fh:
             fh.write(f"$ {' '.join(cmd)}\n")
             fh.flush()
             proc = subprocess.run(
-                cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=self.env, check=False
+                cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env, check=False
             )
             fh.write(proc.stdout)
             fh.write(f"# exit {proc.returncode} after {time.perf_counter() - t0:.1f} s\n")

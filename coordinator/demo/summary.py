@@ -136,6 +136,7 @@ def write_summary(demo: Demo, checks: dict[str, Any], seconds: float) -> dict[st
     record = {
         "plan": demo.plan.record(),
         "seconds": round(seconds, 1),
+        "lanes_at_once": demo.lanes_at_once,
         "step_seconds": st["done"],
         "outputs": st["outputs"],
         "checks": {k: v for k, v in checks.items() if k != "failures"},
@@ -209,7 +210,15 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
         )
         ok = "signature and hashes verified" if b["verified"] else "DID NOT VERIFY"
         lines.append(f"- `{step}`: {b['bundle']} ({ok}{extra})")
-    lines += ["", "## Step times (s)", "", "| step | seconds |", "|---|---:|"]
+    lines += ["", "## Step times (s)", ""]
+    if rec.get("lanes_at_once", 1) > 1:
+        lines += [
+            f"Up to {rec['lanes_at_once']} lanes ran side by side (each hospital's steps and "
+            "the external institution's, sharing the cores), so their times overlap and add "
+            "up to more than the total; the coordinator's steps ran after them.",
+            "",
+        ]
+    lines += ["| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in rec["step_seconds"].items()]
     lines += ["", "## Where things are", ""]
     lines += [f"- {k}: {v}" for k, v in rec["where"].items()]
