@@ -83,25 +83,29 @@ def run_simulation(ws: dict[str, Path], work: Path, rounds: tuple[int, int]) -> 
     return {"run-seconds": outcome.seconds, "rows": _rows(out, "simulation")}
 
 
-def run_deployment(ws: dict[str, Path], work: Path, rounds: tuple[int, int]) -> dict[str, Any]:
+def run_deployment(
+    ws: dict[str, Path], work: Path, rounds: tuple[int, int], threads: int | None = None
+) -> dict[str, Any]:
     from coordinator.federation.config import load_fed_toml
     from coordinator.federation.runner import run_fed_toml
     from tests.federation_support import Deployment
 
-    out = work / "out-deployment"
-    with Deployment(work / "deployment") as dep:
+    tag = f"-{threads}-threads" if threads else ""
+    out = work / f"out-deployment{tag}"
+    with Deployment(work / f"deployment{tag}") as dep:
         t0 = time.monotonic()
         dep.start_superlink()
         for name, role in (("aurora", "site"), ("borealis", "site"), ("target", "target")):
             dep.make_key(name)
-            dep.start_node(name, role, ws[name])
+            dep.start_node(name, role, ws[name], threads=threads)
         dep.wait_online(3)
         ready = time.monotonic() - t0
-        cfg = dep.fed_toml(work / "dep.toml", out, rounds, min_sites=2, round_timeout=300)
+        cfg = dep.fed_toml(work / f"dep{tag}.toml", out, rounds, min_sites=2, round_timeout=300)
         outcome = run_fed_toml(load_fed_toml(cfg), timeout=1800)
     return {
         "processes-ready-seconds": round(ready, 2),
         "run-seconds": outcome.seconds,
+        "node-threads": threads or "all cores",
         "rows": _rows(out, "deployment"),
     }
 
@@ -465,6 +469,12 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         run = (run_simulation if mode == "simulation" else run_deployment)(ws, work, rounds)
         run["summary"] = summarise(run["rows"])
         result["runs"][mode] = run
+    if args.node_threads and "deployment" in args.modes:
+        n = args.node_threads
+        print(f"deployment, {n} compute thread(s) per node: {rounds[0]} + {rounds[1]} rounds ...")
+        run = run_deployment(ws, work, rounds, threads=n)
+        run["summary"] = summarise(run["rows"])
+        result["runs"][f"deployment, {n} thread(s) per node"] = run
     result["machine"]["load-average-after"] = os.getloadavg()
     result["figures"] = figures(result)
     return result
@@ -484,6 +494,14 @@ def main() -> None:
         metavar="GIT_REF",
         help="also measure the source tree at this git ref (message start-up, interleaved "
         "with this tree's, and a deployed run) in the same run, for before/after ratios",
+    )
+    ap.add_argument(
+        "--node-threads",
+        type=int,
+        metavar="N",
+        help="also run the deployment with each SuperNode's messages on N compute threads "
+        "(supernode.sh --threads): the three nodes share this machine's cores, which three "
+        "hospitals would not",
     )
     args = ap.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -279,29 +279,31 @@ class Deployment:
             assert res.returncode == 0, res.stdout + res.stderr
 
     def start_node(
-        self, name: str, role: str, ws: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        role: str,
+        ws: Path,
+        env: dict[str, str] | None = None,
+        threads: int | None = None,
     ) -> subprocess.Popen:
         from coordinator.federation.runner import free_port
 
-        p = self.start(
-            name,
-            [
-                str(DEPLOY / "supernode.sh"),
-                "--superlink",
-                self.address,
-                "--ca",
-                str(self.ca),
-                "--key",
-                str(self.keys / name),
-                "--role",
-                role,
-                "--workspace",
-                str(ws),
-                "--port",
-                str(free_port()),
-            ],
-            env,
-        )
+        cmd = [
+            str(DEPLOY / "supernode.sh"),
+            "--superlink",
+            self.address,
+            "--ca",
+            str(self.ca),
+            "--key",
+            str(self.keys / name),
+            "--role",
+            role,
+            "--workspace",
+            str(ws),
+            "--port",
+            str(free_port()),
+        ]
+        p = self.start(name, cmd + (["--threads", str(threads)] if threads else []), env)
         self.nodes[name] = p
         return p
 
