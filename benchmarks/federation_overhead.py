@@ -64,6 +64,9 @@ MESSAGES = (
 # --------------------------------------------------------------------------- federation runs
 
 
+OVERHEAD_TARGET = 3.0  # issue 15: a deployed round's overhead, seconds
+
+
 def _rows(out: Path, mode: str) -> list[dict[str, Any]]:
     keys = ("round", "phase", "trainers", "accepted", "overhead-seconds", *TIMED, *BYTES)
     state = json.loads((out / "state.json").read_text())
@@ -356,15 +359,29 @@ def _figure(name: str, value: float, unit: str) -> dict[str, Any]:
     return {"name": name, "value": value, "unit": unit}
 
 
-def _run_figures(label: str, s: dict[str, float]) -> list[dict[str, Any]]:
-    figs = [
-        _figure(
-            f"{label}: overhead (wall − slowest node compute), median",
-            round(s["overhead-seconds"], 2),
-            "s",
-        ),
-        _figure(f"{label}: wall time, median", round(s["seconds"], 2), "s"),
-    ]
+def _run_figures(
+    label: str, s: dict[str, float], simulated: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """A round kind's figures; a deployed one (``simulated``: the same round kind in the
+    Simulation Engine, same run, or {} without one) gets issue 15's target and that peer."""
+    overhead = _figure(
+        f"{label}: overhead (wall − slowest node compute), median",
+        round(s["overhead-seconds"], 2),
+        "s",
+    )
+    if simulated is not None:
+        overhead |= {
+            "target": f"≤ {OVERHEAD_TARGET:g} s",
+            "met": overhead["value"] <= OVERHEAD_TARGET,
+        }
+        if simulated:
+            peer = round(simulated["overhead-seconds"], 2)
+            overhead |= {
+                "peer": "Flower Simulation Engine, same round kind, same run",
+                "peer_value": peer,
+                "ratio": round(peer / overhead["value"], 2) if overhead["value"] > 0 else None,
+            }
+    figs = [overhead, _figure(f"{label}: wall time, median", round(s["seconds"], 2), "s")]
     for key, what in (("train-startup-max", "train"), ("eval-startup-max", "evaluate")):
         if key in s:  # as the nodes report it (a tree before startup-seconds has none)
             figs.append(
@@ -375,12 +392,14 @@ def _run_figures(label: str, s: dict[str, float]) -> list[dict[str, Any]]:
 
 def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     figs: list[dict[str, Any]] = []
+    simulated = result["runs"].get("simulation", {}).get("summary", {})
     for mode, run in result["runs"].items():
         for phase, s in run["summary"].items():
             label = f"{mode}, {phase} round"
             if phase == LAST:
                 label = f"{mode}, last round (+ the exchange that scores its model)"
-            figs += _run_figures(label, s)
+            peer = simulated.get(phase, {}) if mode.startswith("deployment") else None
+            figs += _run_figures(label, s, peer)
             figs += [
                 _figure(
                     f"{label}: array bytes sent + received",
