@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -483,17 +484,20 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.baseline and "deployment" in args.modes:
         print(f"deployment at {args.baseline} (before) ...", flush=True)
         result["baseline-deployment"] = baseline_deployment(args.baseline, work, rounds)
-    for mode in args.modes:
-        print(f"{mode}: {rounds[0]} + {rounds[1]} rounds ...", flush=True)
-        run = (run_simulation if mode == "simulation" else run_deployment)(ws, work, rounds)
-        run["summary"] = summarise(run["rows"])
-        result["runs"][mode] = run
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        mode: partial(run_simulation if mode == "simulation" else run_deployment, ws, work, rounds)
+        for mode in args.modes
+    }
     if args.node_threads and "deployment" in args.modes:
         n = args.node_threads
-        print(f"deployment, {n} compute thread(s) per node: {rounds[0]} + {rounds[1]} rounds ...")
-        run = run_deployment(ws, work, rounds, threads=n)
+        runs[f"deployment, {n} thread(s) per node"] = partial(
+            run_deployment, ws, work, rounds, threads=n
+        )
+    for key, start in runs.items():
+        print(f"{key}: {rounds[0]} + {rounds[1]} rounds ...", flush=True)
+        run = start()
         run["summary"] = summarise(run["rows"])
-        result["runs"][f"deployment, {n} thread(s) per node"] = run
+        result["runs"][key] = run
     result["machine"]["load-average-after"] = os.getloadavg()
     result["figures"] = figures(result)
     return result

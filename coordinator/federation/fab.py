@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from shared.toml_files import read_toml
+
 FAB_CONFIG = "pyproject.toml"
 
 
@@ -44,22 +46,18 @@ def _walk(root: Path) -> dict[str, Path]:
 
 
 def staged_app(app: Path, dest: Path) -> Path:
-    """Copy the files of the Flower app in ``app`` that its FAB holds into ``dest`` (made
-    here, must not exist) and return ``dest``; ``app`` itself when Flower's filters cannot be
-    used (another Flower version): slower, never different."""
-    try:
-        import tomli
-        from flwr.cli.build import get_filtered_fab_paths
-        from flwr.cli.utils import filter_paths_for_publish
-    except ImportError:
-        return app
+    """Copy the files of the Flower app in ``app`` (its ``pyproject.toml`` is there) that its
+    FAB holds into ``dest`` (made here, must not exist) and return ``dest``. Uses Flower
+    1.42's own filters (flwr is pinned below 1.43; tests/test_fab_staging.py compares the
+    FABs byte for byte, so a change in them fails there, not silently)."""
+    from flwr.cli.build import get_filtered_fab_paths
+    from flwr.cli.utils import filter_paths_for_publish
+
     files = _walk(app)
-    if FAB_CONFIG not in files:
-        return app
+    config = read_toml(files[FAB_CONFIG], "the Flower app's")
     kept = filter_paths_for_publish(files)
-    config = tomli.loads(files[FAB_CONFIG].read_text())
     chosen = set(get_filtered_fab_paths(kept, config)) | {FAB_CONFIG}  # type: ignore[arg-type]
-    if (app / ".gitignore").is_file():
+    if ".gitignore" in files:
         chosen.add(".gitignore")
     dest.mkdir(parents=True)
     for rel in sorted(chosen):
