@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from shared.dicom.reader import load_volume
 from shared.dicom.scan import scan
 from shared.phantom.consortium import generate_study
+from shared.phantom.dicom_writer import _pixel_data as dicom_writer_pixel_data
 from shared.phantom.institutions import get_institution
 from shared.profiles import get_profile
 from shared.volume import load_nifti, resample
@@ -99,13 +101,21 @@ def _save_whole_with_pydicom(self, stack, slice_ds, syntax, path) -> None:
 
     whole = copy.deepcopy(stack)
     whole.update(slice_ds)
-    if "LossyImageCompression" in whole:  # encapsulated: undefined length (PS3.5 A.4)
-        whole["PixelData"].is_undefined_length = True
     whole.file_meta = FileMetaDataset()
     whole.file_meta.MediaStorageSOPClassUID = whole.SOPClassUID
     whole.file_meta.MediaStorageSOPInstanceUID = whole.SOPInstanceUID
     whole.file_meta.TransferSyntaxUID = syntax
+    if syntax == JPEG2000Lossless:  # native pixels here (see the test): pydicom compresses
+        whole.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        whole.compress(JPEG2000Lossless, generate_instance_uid=False)
+    elif "LossyImageCompression" in whole:  # encapsulated: undefined length (PS3.5 A.4)
+        whole["PixelData"].is_undefined_length = True
     whole.save_as(path, enforce_file_format=True)
+
+
+def _native_j2k(frames, syntax, header, _ours=dicom_writer_pixel_data):
+    """JPEG 2000 frames left native, for ``Dataset.compress`` to encode in the reference."""
+    return frames.tobytes() if syntax == "j2k" else _ours(frames, syntax, header)
 
 
 def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydicoms_bytes(
@@ -114,7 +124,8 @@ def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydic
     """Same seed, same bytes in every transfer syntax (JPEG 2000 too: pydicom's compress()
     would draw a new SOP Instance UID), and the series writer's element cache (each stack's
     shared header encoded once, each slice's own elements on top) lays a file out byte for
-    byte as pydicom's own dcmwrite does with the whole data set."""
+    byte as pydicom's own dcmwrite does with the whole data set; its JPEG 2000 frames are
+    the bytes pydicom's Dataset.compress() gives."""
     from shared.phantom import dicom_writer
 
     inst, prof = get_institution("cascade"), get_profile("tiny")
@@ -122,13 +133,9 @@ def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydic
         force = {"syntax": syntax, "enhanced": False}
         generate_study(tmp_path / syntax / "a", inst, prof, 7, 1, force=force)
         generate_study(tmp_path / syntax / "b", inst, prof, 7, 1, force=force)
-        with monkeypatch.context() as m:  # pydicom's writer for every file
-            m.setattr(
-                dicom_writer.ElementCache,
-                "write",
-                lambda self, ds, path: ds.save_as(path, enforce_file_format=True),
-            )
+        with monkeypatch.context() as m:  # pydicom's compress() and dcmwrite for every file
             m.setattr(dicom_writer.ElementCache, "write_slice", _save_whole_with_pydicom)
+            m.setattr(dicom_writer, "_pixel_data", _native_j2k)
             generate_study(tmp_path / syntax / "pydicom", inst, prof, 7, 1, force=force)
         a = _digest(tmp_path / syntax / "a")
         assert a == _digest(tmp_path / syntax / "b"), syntax
@@ -165,3 +172,53 @@ def test_each_structure_is_zero_outside_the_lattice_box_it_is_evaluated_in():
             if box is not None:
                 outside[box] = 0
             assert not np.any(outside), type(shape).__name__
+
+
+def test_ellipsoid_bounds_are_the_tightest_box_and_solid_boxes_have_full_weight():
+    """``Ellipsoid.bounds`` is the box of its nonzero weight (the muscles' bounding sphere was
+    5x wider than they are); where a shape says a box is solid, every point in it weighs 1."""
+    from shared.phantom.anatomy import Cylinder, Ellipsoid
+
+    rng = np.random.default_rng(3)
+    edge = 1.5
+    for trial in range(40):
+        irregular = trial % 2 == 1
+        e = Ellipsoid(
+            rng.normal(0, 10, 3),
+            rng.uniform(3, 60, 3),
+            yaw=float(rng.uniform(-np.pi, np.pi)),
+            irregularity=float(rng.uniform(0.05, 0.25)) if irregular else 0.0,
+            phase=rng.uniform(0, 2 * np.pi, 3),
+        )
+        lo, hi = e.bounds(edge)
+        # nothing outside the box has weight (the box covers the support) ...
+        out = hi + rng.random((20_000, 3)) * 5.0 * np.sign(rng.normal(size=3))
+        assert not np.any(e.weight(out, edge)), trial
+        # ... and a regular ellipsoid's support reaches within 3 % of each face: a plane that
+        # deep inside the box cuts it (a dense grid over that plane finds weight)
+        if not irregular:
+            g = np.linspace(0.0, 1.0, 150)
+            for axis in range(3):
+                a, b = [k for k in range(3) if k != axis]
+                for depth in (lo[axis] + 0.03 * (hi - lo)[axis], hi[axis] - 0.03 * (hi - lo)[axis]):
+                    plane = np.zeros((g.size**2, 3))
+                    plane[:, a] = lo[a] + np.repeat(g, g.size) * (hi - lo)[a]
+                    plane[:, b] = lo[b] + np.tile(g, g.size) * (hi - lo)[b]
+                    plane[:, axis] = depth
+                    assert np.any(e.weight(plane, edge)), (trial, axis)
+
+    body = Cylinder(np.array([0.0, -15.0]), np.array([175.0, 125.0]))
+    rectum = Cylinder(np.array([0.0, 30.0]), np.array([19.0, 13.0]), -40.0, 40.0)
+    ball = Ellipsoid(np.zeros(3), np.array([40.0, 30.0, 35.0]), yaw=0.3)
+    for shape, half in ((body, 50.0), (rectum, 4.0), (ball, 12.0), (ball, 30.0), (body, 140.0)):
+        corners = np.array([[x, y, z] for x in (-half, half) for y in (-half, half)
+                            for z in (-half, half)])  # fmt: skip
+        pts = -half + rng.random((100_000, 3)) * 2 * half
+        w = shape.weight(np.vstack([corners, pts]), edge)
+        if shape.solid_at(corners, edge):
+            assert np.all(w == 1.0), (type(shape).__name__, half)
+        else:  # not solid: some point of the box weighs less than 1
+            assert np.any(w < 1.0), (type(shape).__name__, half)
+    assert body.solid_at(np.array([[50.0, 50, 50], [-50, -50, -50]]), edge)  # fills a FOV
+    irregular = Ellipsoid(np.zeros(3), np.full(3, 50.0), irregularity=0.1)
+    assert not irregular.solid_at(np.zeros((1, 3)), edge)  # not convex: never declared solid

@@ -34,6 +34,7 @@ TISSUES: dict[str, tuple[float, float, float, float]] = {
     "lesion": (0.25, 0.35, 0.75, 850.0),
 }
 PROPS = ("t2", "t1", "s0", "adc")
+_MARGIN = 1e-6  # relative radius (or mm along S) kept clear of the full-weight core's edge
 
 
 @dataclass
@@ -50,16 +51,16 @@ class Ellipsoid:
         """Normalised radius: < 1 inside, 1 on the surface."""
         d = p - self.center
         c, s = np.cos(self.yaw), np.sin(self.yaw)
-        x = c * d[:, 0] + s * d[:, 1]
-        y = -s * d[:, 0] + c * d[:, 1]
-        q = np.stack([x, y, d[:, 2]], axis=1) / self.radii
-        r = np.sqrt(np.sum(q * q, axis=1))
+        x = (c * d[:, 0] + s * d[:, 1]) / self.radii[0]
+        y = (-s * d[:, 0] + c * d[:, 1]) / self.radii[1]
+        z = d[:, 2] / self.radii[2]
+        r = np.sqrt(x * x + y * y + z * z)
         if self.irregularity > 0:
-            u = q / np.maximum(r, 1e-6)[:, None]
+            rr = np.maximum(r, 1e-6)
             wobble = (
-                np.sin(3 * u[:, 0] + self.phase[0])
-                + np.sin(2 * u[:, 1] + self.phase[1])
-                + np.sin(3 * u[:, 2] + self.phase[2])
+                np.sin(3 * (x / rr) + self.phase[0])
+                + np.sin(2 * (y / rr) + self.phase[1])
+                + np.sin(3 * (z / rr) + self.phase[2])
             )
             r = r / (1.0 + self.irregularity * wobble / 3.0)
         return r
@@ -69,9 +70,20 @@ class Ellipsoid:
         return float(np.max(self.radii)) * (1.0 + self.irregularity) + edge_mm
 
     def bounds(self, edge_mm: float) -> tuple[np.ndarray, np.ndarray]:
-        """An LPS box (lo, hi) outside which the weight is 0."""
-        r = self.reach(edge_mm)
-        return self.center - r, self.center + r
+        """The tightest LPS box (lo, hi) outside which the weight is 0.
+
+        The weight vanishes where the normalised radius reaches 1 + edge / (2 min radius); the
+        irregularity divides that radius by at most 1 + irregularity. So the weight is 0
+        outside the ellipsoid with the radii scaled by both, whose box after the yaw is below,
+        and (``weight``) outside the sphere of ``reach``. That sphere alone would be up to 5x
+        wider than the long, thin muscles.
+        """
+        e = max(edge_mm, 1e-3)
+        a, b, c = self.radii * (1.0 + self.irregularity) * (1.0 + 0.5 * e / np.min(self.radii))
+        cy, sy = abs(np.cos(self.yaw)), abs(np.sin(self.yaw))
+        half = np.array([np.hypot(a * cy, b * sy), np.hypot(a * sy, b * cy), c])
+        half = np.minimum(half, self.reach(edge_mm))
+        return self.center - half, self.center + half
 
     def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
         """Soft membership in [0, 1]; the edge is ``edge_mm`` wide (partial volume)."""
@@ -85,6 +97,15 @@ class Ellipsoid:
             scale = float(np.min(self.radii))
             out[near] = np.clip(0.5 + (1.0 - r) * scale / max(edge_mm, 1e-3), 0.0, 1.0)
         return out
+
+    def solid_at(self, corners: np.ndarray, edge_mm: float) -> bool:
+        """Whether the weight is exactly 1 in the whole box spanned by ``corners``: a regular
+        ellipsoid's full-weight core is convex, so its corners decide (with a margin, so that
+        rounding inside cannot give less than 1). An irregular one is not convex."""
+        if self.irregularity > 0:
+            return False
+        full = 1.0 - 0.5 * max(edge_mm, 1e-3) / float(np.min(self.radii))
+        return bool(np.all(self.radius_norm(corners) < full - _MARGIN))
 
 
 @dataclass
@@ -111,6 +132,17 @@ class Cylinder:
         w = np.clip(0.5 + (1.0 - r) * float(np.min(self.radii_xy)) / max(edge_mm, 1e-3), 0, 1)
         wz = np.clip(0.5 + np.minimum(p[:, 2] - self.z0, self.z1 - p[:, 2]) / edge_mm, 0, 1)
         return w * wz
+
+    def solid_at(self, corners: np.ndarray, edge_mm: float) -> bool:
+        """Whether the weight is exactly 1 in the whole box spanned by ``corners`` (the body
+        fills every field of view): in-plane and along S the full-weight core is convex, so
+        the corners decide, with a margin against rounding inside."""
+        e = max(edge_mm, 1e-3)
+        q = (corners[:, :2] - self.center_xy) / self.radii_xy
+        inplane = np.sqrt(np.sum(q * q, axis=1)) < 1.0 - 0.5 * e / float(np.min(self.radii_xy))
+        z = corners[:, 2]
+        along = (z - self.z0 > 0.5 * e + _MARGIN) & (self.z1 - z > 0.5 * e + _MARGIN)
+        return bool(np.all(inplane & along))
 
 
 @dataclass
@@ -373,6 +405,13 @@ class Lattice:
             return None
         return tuple(slice(int(f), int(t)) for f, t in zip(first, last, strict=True))  # type: ignore[return-value]
 
+    def corners(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """(8, 3) LPS points of the first and last lattice point of ``box`` along each axis."""
+        ends = [(s.start, s.stop - 1) for s in box]
+        idx = np.array([[i, j, k] for i in ends[0] for j in ends[1] for k in ends[2]], float)
+        idx[:, 2] += self.k_offset
+        return idx @ self.axes.T + self.origin
+
 
 def evaluate(patient: Patient, lattice: Lattice, edge_mm: float) -> dict[str, np.ndarray]:
     """Tissue properties (``PROPS``) and truth masks at the points of ``lattice``.
@@ -387,8 +426,11 @@ def evaluate(patient: Patient, lattice: Lattice, edge_mm: float) -> dict[str, np
         box = lattice.box(*shape.bounds(edge_mm))  # type: ignore[attr-defined]
         if box is None:
             return None
+        size = tuple(s.stop - s.start for s in box)
+        if shape.solid_at(lattice.corners(box), edge_mm):  # type: ignore[attr-defined]
+            return box, np.ones(size)  # e.g. the body around the field of view
         w = shape.weight(lattice.points(box), edge_mm)  # type: ignore[attr-defined]
-        return box, w.reshape(tuple(s.stop - s.start for s in box))
+        return box, w.reshape(size)
 
     def paint(tissue: str, box, w: np.ndarray, override: dict[str, float] | None = None) -> None:
         vals = dict(zip(PROPS, TISSUES[tissue], strict=True))

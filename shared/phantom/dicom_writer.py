@@ -7,7 +7,6 @@ the same PHI-bearing attributes a PACS export has.
 
 from __future__ import annotations
 
-import copy
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,12 +190,6 @@ class ElementCache:
             parts.append((int(tag), data))
         return parts
 
-    def body(self, ds: Dataset, implicit: bool) -> bytes:
-        """The encoded data set (little endian), as ``write_dataset`` writes it."""
-        ds = correct_ambiguous_vr(ds, True)
-        charset = ds.get("SpecificCharacterSet", "iso8859")
-        return b"".join(data for _, data in self._parts(ds, implicit, charset))
-
     def _meta(self, sop_class: str, sop_instance: str, syntax: str) -> bytes:
         """The file meta group as ``write_file_meta_info`` writes it: the elements every file
         of the series shares encoded once, the instance UID and the group length per file."""
@@ -215,18 +208,6 @@ class ElementCache:
         rest = b"".join(uid.getvalue() if tag == 0x00020003 else data for tag, data in shared)
         # (0002,0000) File Meta Information Group Length, UL, explicit VR little endian
         return b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(rest)) + rest
-
-    def write(self, ds: Dataset, path: Path) -> None:
-        """``ds.save_as(path, enforce_file_format=True)`` for little endian files, with the
-        repeated elements taken from the cache."""
-        meta = ds.file_meta
-        implicit = meta.TransferSyntaxUID == ImplicitVRLittleEndian
-        # PS3.5 A.4: encapsulated pixel data has undefined length, native pixel data its own
-        ds["PixelData"].is_undefined_length = meta.TransferSyntaxUID.is_compressed
-        head = self._meta(
-            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID
-        )
-        path.write_bytes(PREAMBLE + head + self.body(ds, implicit))
 
     def write_slice(self, stack: Dataset, slice_ds: Dataset, syntax: str, path: Path) -> None:
         """The file of ``stack`` (the header its slices share, encoded once per stack) with
@@ -285,19 +266,14 @@ def write_series(
             ds.ImagePositionPatient = [_fmt(v) for v in pos]
             ds.SliceLocation = _fmt(float(pos @ g.normal))
             frame = _pixels_for_slice(stack, k, series)
-            ds.WindowCenter = _fmt(float(np.percentile(frame, 60)))
-            ds.WindowWidth = _fmt(max(float(np.percentile(frame, 99) * 1.2), 1.0))
+            p60, p99 = np.percentile(frame, [60, 99])
+            ds.WindowCenter = _fmt(float(p60))
+            ds.WindowWidth = _fmt(max(float(p99 * 1.2), 1.0))
             path = folder / f"{names[instance]}.dcm"
-            if syntax == "j2k":  # pydicom's compress() needs the whole data set
-                # element copies: compress() may change elements the stack's files share
-                whole = Dataset({tag: copy.copy(elem) for tag, elem in shared.items()})
-                whole.update(ds)
-                _save(whole, frame[None], path, syntax, cache)
-            else:
-                if syntax == "jpeg-lossless":
-                    ds.LossyImageCompression = "00"
-                ds.PixelData = _pixel_data(frame[None], syntax)
-                cache.write_slice(shared, ds, SYNTAXES[syntax], path)
+            if syntax in ("jpeg-lossless", "j2k"):
+                ds.LossyImageCompression = "00"
+            ds.PixelData = _pixel_data(frame[None], syntax, shared)
+            cache.write_slice(shared, ds, SYNTAXES[syntax], path)
             files.append(path)
             instance += 1
     return files
@@ -336,41 +312,31 @@ def _stack_header(study: StudyInfo, series: SeriesSpec, series_uid: str, stack: 
     return ds
 
 
-def _pixel_data(frames: np.ndarray, syntax: str) -> bytes:
-    """Pixel Data of ``frames`` (uint16) in ``syntax`` (not j2k: see ``_save``)."""
+def _pixel_data(frames: np.ndarray, syntax: str, header: Dataset) -> bytes:
+    """Pixel Data of ``frames`` (uint16) in ``syntax``; ``header`` holds the image pixel
+    module that JPEG 2000 encodes by."""
     if syntax == "jpeg-lossless":
         from shared.phantom.jpeg_lossless import encode_jpeg_lossless_sv1
 
         return encapsulate([encode_jpeg_lossless_sv1(f, 16) for f in frames])
+    if syntax == "j2k":  # what Dataset.compress(JPEG2000Lossless) encapsulates, per frame
+        from pydicom.pixels import as_pixel_options, get_encoder
+
+        opts = as_pixel_options(header, number_of_frames=1)
+        encoder = get_encoder(JPEG2000Lossless)
+        return encapsulate([encoder.encode(f, **opts) for f in frames])
     return frames.tobytes()
 
 
-def _save(
-    ds: Dataset, frames: np.ndarray, path: Path, syntax: str, cache: ElementCache | None = None
-) -> None:
-    """Write a whole data set: enhanced files ("explicit") and JPEG 2000 files ("j2k", whose
-    compression pydicom does on the whole data set)."""
-    if syntax not in ("explicit", "j2k"):
-        raise ValueError(f"syntax must be explicit or j2k here, not {syntax!r}")
+def _save_enhanced(ds: Dataset, frames: np.ndarray, path: Path) -> None:
+    """Write an enhanced multi-frame data set, explicit VR little endian."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.PixelData = frames.tobytes()
-    if syntax == "j2k":
-        # lossless: the instance keeps its UID (pydicom would draw a random one: the phantom
-        # would no longer be deterministic)
-        ds.compress(
-            JPEG2000Lossless,
-            frames if frames.shape[0] > 1 else frames[0],
-            generate_instance_uid=False,
-        )
-        ds.LossyImageCompression = "00"
-    if cache is not None:
-        cache.write(ds, path)
-    else:
-        ds.save_as(path, enforce_file_format=True)
+    ds.save_as(path, enforce_file_format=True)
 
 
 def _seq_item(**kw: object) -> Dataset:
@@ -478,5 +444,5 @@ def _write_enhanced(folder: Path, study: StudyInfo, series: SeriesSpec, series_u
     ds.NumberOfFrames = len(frames)
     ds.Rows, ds.Columns = frames[0].shape
     path = folder / f"{series.number:03d}_enhanced.dcm"
-    _save(ds, np.stack(frames), path, "explicit")
+    _save_enhanced(ds, np.stack(frames), path)
     return path
