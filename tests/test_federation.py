@@ -178,7 +178,7 @@ def _no_decoding(*args, **kwargs):
 def test_node_metrics_match_scikit_learn():
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-    from shared.federation import metrics
+    from shared import metrics
 
     rng = np.random.default_rng(0)
     for i in range(300):

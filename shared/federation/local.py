@@ -98,7 +98,7 @@ def evaluate_local(
     """AUC, AP and BCE loss of the global model on ``data`` (scikit-learn's formulas, without
     its import: every evaluate message is a fresh process)."""
     from shared.classifier.networks import build_classifier
-    from shared.federation.metrics import average_precision, log_loss, roc_auc
+    from shared.metrics import average_precision, log_loss, roc_auc
 
     model = build_classifier(network, int(data.x.shape[1]), tuple(data.x.shape[2:]))
     model.load_state_dict(global_state)

@@ -1,8 +1,10 @@
 """AUC, average precision and log loss in numpy, as scikit-learn computes them.
 
 A target node scores the global model in a fresh process for every evaluate message;
-importing ``sklearn.metrics`` costs it about 1 s on 2 busy cores for three formulas.
-``tests/test_federation.py`` checks these against scikit-learn, ties included.
+importing ``sklearn.metrics`` costs it about 1 s on 2 busy cores for three formulas, and a
+bootstrap (the fidelity report's lesion-contrast intervals) pays scikit-learn's input checks,
+about 3 ms, on each of its thousand calls. ``tests/test_federation.py`` checks these against
+scikit-learn, ties included.
 """
 
 from __future__ import annotations
