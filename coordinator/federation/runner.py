@@ -36,6 +36,9 @@ SERVERAPP_PREFIX = "ServerApp failed with exception:"  # flwr 1.42's status deta
 # it: a restart (systemd waits 10 s, see deploy/systemd) fits well within it; after a restart
 # the SuperLink itself marks the run failed once its ServerApp stops sending heartbeats.
 LINK_LOST_SECONDS = 180.0
+# While the run's log stream is open the coordinator asks for the run's status this often
+# (the stream's end says the run finished; the status check catches a run that hangs).
+STREAM_CHECK_SECONDS = 10.0
 
 
 class RunFailed(ToolkitError):
@@ -250,20 +253,29 @@ def flwr_run(
         raise RunFailed(
             f"`flwr run` did not start a run: {(res.stdout + res.stderr)[-1500:]}"
         ) from None
-    log_proc = subprocess.Popen(
-        [flwr_bin("flwr"), "log", str(run_id), connection, "--stream"],
-        env=flwr_env(flwr_home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        process_group=0,
-    )
-    lines: list[str] = []
+    # The stream goes to a file: a pipe nobody reads while the run lasts fills up and blocks it.
+    log_path = flwr_home / f"run-{run_id}.log"
+    with open(log_path, "wb") as log_out:
+        log_proc = subprocess.Popen(
+            [flwr_bin("flwr"), "log", str(run_id), connection, "--stream"],
+            env=flwr_env(flwr_home),
+            stdout=log_out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
     try:
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         answered = time.monotonic()
         while time.monotonic() < deadline:
+            # The SuperLink ends the log stream when the run finishes: wait for that rather
+            # than ask `flwr ls` (a new Python process, ~0.7 s of CPU) every 2 s. The stream
+            # also ends when the link drops; from then on, poll.
+            if log_proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    log_proc.wait(timeout=min(STREAM_CHECK_SECONDS, deadline - time.monotonic()))
+            else:
+                time.sleep(2.0)
             polled = run_status(flwr_home, connection, run_id)
             if polled is None:
                 if time.monotonic() - answered > LINK_LOST_SECONDS:
@@ -276,7 +288,6 @@ def flwr_run(
                 status, answered = polled, time.monotonic()
                 if str(status.get("status", "")).startswith("finished"):
                     break
-            time.sleep(2.0)
         else:
             subprocess.run(
                 [flwr_bin("flwr"), "stop", str(run_id), connection],
@@ -287,8 +298,7 @@ def flwr_run(
             raise RunFailed(f"run {run_id} did not finish within {timeout:g} s (stopped it)")
     finally:
         stop_group(log_proc, grace=2)
-        if log_proc.stdout:
-            lines = log_proc.stdout.read().splitlines()
+    lines = log_path.read_text(errors="replace").splitlines()
     text = "\n".join(lines)
     if echo:
         for line in lines:
