@@ -177,3 +177,50 @@ def test_tar_bundle_imports(exported, tmp_path):
     add_trusted(tmp_path / "coord", "aurora", site["ws"] / "keys" / "site-key.pub")
     assert import_bundle(tmp_path / "coord", tar).cases == 4
     shutil.rmtree(tmp_path / "coord")
+
+
+def test_export_files_are_pydicoms_own_bytes(tmp_path, monkeypatch):
+    """The export writer encodes each series' shared header once (``ElementCache``); every file
+    must still be byte for byte what pydicom's ``dcmwrite`` writes for the whole data set."""
+    import copy
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    from shared.dicom.element_cache import ElementCache
+    from shared.volume import Volume
+    from site_agent.export import dicom_writer
+
+    def whole_with_pydicom(self, header, slice_ds, syntax, path) -> None:
+        whole = copy.deepcopy(header)
+        whole.update(slice_ds)
+        whole.file_meta = FileMetaDataset()
+        whole.file_meta.MediaStorageSOPClassUID = whole.SOPClassUID
+        whole.file_meta.MediaStorageSOPInstanceUID = whole.SOPInstanceUID
+        whole.file_meta.TransferSyntaxUID = syntax
+        whole.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        whole.file_meta.ImplementationVersionName = dicom_writer.IMPLEMENTATION_VERSION
+        whole.save_as(path, enforce_file_format=True)
+
+    rng = np.random.default_rng(0)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([0.7, 0.8, 3.0]) @ np.array(
+        [[1.0, 0, 0], [0, 0.99, -0.14], [0, 0.14, 0.99]]
+    )
+    affine[:3, 3] = [-10.0, 5.0, 20.0]
+    vols = {
+        seq: Volume(rng.random((24, 20, 6)).astype(np.float32) * 2, affine)
+        for seq in ("t2w", "hbv", "adc")
+    }
+
+    def write(folder):
+        uids = iter(f"2.25.{n}" for n in range(1, 100))  # the same UIDs for both writers
+        return dicom_writer.write_case_dicom(folder, vols, "SYN-0001", lambda: next(uids))
+
+    ours = write(tmp_path / "ours")
+    monkeypatch.setattr(ElementCache, "write_slice", whole_with_pydicom)
+    theirs = write(tmp_path / "pydicom")
+    for seq in ("t2w", "hbv", "adc"):
+        assert len(ours[seq]) == 6
+        for a, b in zip(ours[seq], theirs[seq], strict=True):
+            assert a.read_bytes() == b.read_bytes(), a

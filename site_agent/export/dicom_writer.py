@@ -109,106 +109,122 @@ def write_series(
     frame_of_reference_uid: str,
     mint: UidMinter,
 ) -> list[Path]:
-    """Write one sequence of a case (case-format intensities) as a series; returns the files."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+    """Write one sequence of a case (case-format intensities) as a series; returns the files.
 
-    number, description, image_type = SERIES[sequence]
+    The header the slices share is built once; each file adds its instance UID, number,
+    position and pixels, and is laid out as pydicom's ``dcmwrite`` would (``ElementCache``)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from shared.dicom.element_cache import ElementCache
+
     slope = SLOPE[sequence]
     values = physical_values(sequence, np.asarray(vol.array, dtype=np.float64))
     stored = np.clip(np.rint(values / slope), 0, MAX_STORED).astype(np.uint16)
-    spacing = vol.spacing
-    direction = vol.direction
-    series_uid = mint()
-    nx, ny, nz = vol.shape
     folder.mkdir(parents=True, exist_ok=True)
-    centre = float(np.median(values)) if values.size else 0.0
-    width = float(max(values.max() - values.min(), slope)) if values.size else 1.0
+    cache = ElementCache(implementation_version=IMPLEMENTATION_VERSION)
     files = []
     with pydicom.config.strict_reading():
-        for k in range(nz):
-            sop_uid = mint()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = EXPLICIT_VR_LE
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        header = _series_header(
+            sequence, vol, values, patient_id, study_uid, frame_of_reference_uid, mint()
+        )
+        for k in range(vol.shape[2]):
             ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = MR_IMAGE_STORAGE
-            ds.SOPInstanceUID = sop_uid
-            ds.ImageType = image_type
-            ds.SyntheticData = "YES"
-            ds.Modality = "MR"
-            ds.Manufacturer = MANUFACTURER
-            ds.ManufacturerModelName = MODEL_NAME
-            ds.SoftwareVersions = shared.__version__
-            ds.StudyDate = ""
-            ds.StudyTime = ""
-            ds.AccessionNumber = ""
-            ds.ReferringPhysicianName = ""
-            ds.StudyDescription = STUDY_DESCRIPTION
-            ds.SeriesDescription = description
-            ds.DerivationDescription = DERIVATION
-            ds.PatientName = PATIENT_NAME
-            ds.PatientID = patient_id
-            ds.PatientBirthDate = ""
-            ds.PatientSex = ""
-            ds.PatientIdentityRemoved = "YES"
-            ds.DeidentificationMethod = DEID_METHOD
-            ds.BodyPartExamined = "PROSTATE"
-            ds.PatientPosition = ""
-            ds.ScanningSequence = "RM"
-            ds.SequenceVariant = "NONE"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "3D"
-            ds.RepetitionTime = ""
-            ds.EchoTime = ""
-            ds.EchoTrainLength = ""
-            ds.SliceThickness = f"{spacing[2]:.6g}"
-            ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.StudyID = ""
-            ds.SeriesNumber = number
+            ds.SOPInstanceUID = mint()
             ds.InstanceNumber = k + 1
-            ds.PatientOrientation = ""
             pos = vol.affine[:3, :3] @ np.array([0.0, 0.0, float(k)]) + vol.affine[:3, 3]
             ds.ImagePositionPatient = [f"{v:.6g}" for v in pos]
-            ds.ImageOrientationPatient = [f"{v:.8g}" for v in (*direction[:, 0], *direction[:, 1])]
-            ds.FrameOfReferenceUID = frame_of_reference_uid
-            ds.PositionReferenceIndicator = ""
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = ny
-            ds.Columns = nx
-            ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]
-            ds.BitsAllocated = 16
-            ds.BitsStored = 12
-            ds.HighBit = 11
-            ds.PixelRepresentation = 0
-            ds.BurnedInAnnotation = "NO"
-            ds.RecognizableVisualFeatures = "NO"
-            ds.LossyImageCompression = "00"
-            ds.WindowCenter = f"{centre / slope:.6g}"
-            ds.WindowWidth = f"{width / slope:.6g}"
-            rw = Dataset()
-            rw.RealWorldValueFirstValueMapped = 0
-            rw.RealWorldValueLastValueMapped = MAX_STORED
-            rw.RealWorldValueIntercept = 0.0
-            rw.RealWorldValueSlope = float(slope)
-            rw.LUTExplanation = f"{sequence} {UNITS[sequence][2]}"
-            rw.LUTLabel = sequence.upper()
-            rw.MeasurementUnitsCodeSequence = Sequence([_code_item(*UNITS[sequence])])
-            ds.RealWorldValueMappingSequence = Sequence([rw])
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
             path = folder / f"{k + 1:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            cache.write_slice(header, ds, EXPLICIT_VR_LE, path)
             files.append(path)
     return files
+
+
+def _series_header(
+    sequence: str,
+    vol: Volume,
+    values: np.ndarray,
+    patient_id: str,
+    study_uid: str,
+    frame_of_reference_uid: str,
+    series_uid: str,
+):
+    """Every element of the series' files but the per-slice ones (see ``write_series``)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    number, description, image_type = SERIES[sequence]
+    slope = SLOPE[sequence]
+    spacing = vol.spacing
+    direction = vol.direction
+    nx, ny, _ = vol.shape
+    centre = float(np.median(values)) if values.size else 0.0
+    width = float(max(values.max() - values.min(), slope)) if values.size else 1.0
+    ds = Dataset()
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    ds.ImageType = image_type
+    ds.SyntheticData = "YES"
+    ds.Modality = "MR"
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = MODEL_NAME
+    ds.SoftwareVersions = shared.__version__
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = STUDY_DESCRIPTION
+    ds.SeriesDescription = description
+    ds.DerivationDescription = DERIVATION
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = DEID_METHOD
+    ds.BodyPartExamined = "PROSTATE"
+    ds.PatientPosition = ""
+    ds.ScanningSequence = "RM"
+    ds.SequenceVariant = "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "3D"
+    ds.RepetitionTime = ""
+    ds.EchoTime = ""
+    ds.EchoTrainLength = ""
+    ds.SliceThickness = f"{spacing[2]:.6g}"
+    ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = ""
+    ds.SeriesNumber = number
+    ds.PatientOrientation = ""
+    ds.ImageOrientationPatient = [f"{v:.8g}" for v in (*direction[:, 0], *direction[:, 1])]
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ny
+    ds.Columns = nx
+    ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.BurnedInAnnotation = "NO"
+    ds.RecognizableVisualFeatures = "NO"
+    ds.LossyImageCompression = "00"
+    ds.WindowCenter = f"{centre / slope:.6g}"
+    ds.WindowWidth = f"{width / slope:.6g}"
+    rw = Dataset()
+    rw.RealWorldValueFirstValueMapped = 0
+    rw.RealWorldValueLastValueMapped = MAX_STORED
+    rw.RealWorldValueIntercept = 0.0
+    rw.RealWorldValueSlope = float(slope)
+    rw.LUTExplanation = f"{sequence} {UNITS[sequence][2]}"
+    rw.LUTLabel = sequence.upper()
+    rw.MeasurementUnitsCodeSequence = Sequence([_code_item(*UNITS[sequence])])
+    ds.RealWorldValueMappingSequence = Sequence([rw])
+    return ds
 
 
 def write_case_dicom(
