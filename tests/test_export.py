@@ -182,25 +182,13 @@ def test_tar_bundle_imports(exported, tmp_path):
 def test_export_files_are_pydicoms_own_bytes(tmp_path, monkeypatch):
     """The export writer encodes each series' shared header once (``ElementCache``); every file
     must still be byte for byte what pydicom's ``dcmwrite`` writes for the whole data set."""
-    import copy
-
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
-
     from shared.dicom.element_cache import ElementCache
     from shared.volume import Volume
     from site_agent.export import dicom_writer
+    from tests.dicom_support import save_whole_with_pydicom
 
     def whole_with_pydicom(self, header, slice_ds, syntax, path) -> None:
-        whole = copy.deepcopy(header)
-        whole.update(slice_ds)
-        whole.file_meta = FileMetaDataset()
-        whole.file_meta.MediaStorageSOPClassUID = whole.SOPClassUID
-        whole.file_meta.MediaStorageSOPInstanceUID = whole.SOPInstanceUID
-        whole.file_meta.TransferSyntaxUID = syntax
-        whole.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        whole.file_meta.ImplementationVersionName = dicom_writer.IMPLEMENTATION_VERSION
-        whole.save_as(path, enforce_file_format=True)
+        save_whole_with_pydicom(header, slice_ds, syntax, path, dicom_writer.IMPLEMENTATION_VERSION)
 
     rng = np.random.default_rng(0)
     affine = np.eye(4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from shared.dicom.reader import load_volume
 from shared.dicom.scan import scan
@@ -14,6 +13,7 @@ from shared.phantom.dicom_writer import _pixel_data as dicom_writer_pixel_data
 from shared.phantom.institutions import get_institution
 from shared.profiles import get_profile
 from shared.volume import load_nifti, resample
+from tests.dicom_support import save_whole_with_pydicom
 
 
 def _digest(root) -> str:
@@ -92,27 +92,6 @@ def test_classic_phantom_files_pass_dciodvfy(phantom_sites):
         assert errors == [], (f, errors)
 
 
-def _save_whole_with_pydicom(self, stack, slice_ds, syntax, path) -> None:
-    """What ``ElementCache.write_slice`` replaces: the stack's header and the slice's own
-    elements merged into one data set, written by pydicom's ``dcmwrite``."""
-    import copy
-
-    from pydicom.dataset import FileMetaDataset
-
-    whole = copy.deepcopy(stack)
-    whole.update(slice_ds)
-    whole.file_meta = FileMetaDataset()
-    whole.file_meta.MediaStorageSOPClassUID = whole.SOPClassUID
-    whole.file_meta.MediaStorageSOPInstanceUID = whole.SOPInstanceUID
-    whole.file_meta.TransferSyntaxUID = syntax
-    if syntax == JPEG2000Lossless:  # native pixels here (see the test): pydicom compresses
-        whole.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        whole.compress(JPEG2000Lossless, generate_instance_uid=False)
-    elif "LossyImageCompression" in whole:  # encapsulated: undefined length (PS3.5 A.4)
-        whole["PixelData"].is_undefined_length = True
-    whole.save_as(path, enforce_file_format=True)
-
-
 def _native_j2k(frames, syntax, header, _ours=dicom_writer_pixel_data):
     """JPEG 2000 frames left native, for ``Dataset.compress`` to encode in the reference."""
     return frames.tobytes() if syntax == "j2k" else _ours(frames, syntax, header)
@@ -134,7 +113,11 @@ def test_every_export_syntax_is_deterministic_and_the_element_cache_writes_pydic
         generate_study(tmp_path / syntax / "a", inst, prof, 7, 1, force=force)
         generate_study(tmp_path / syntax / "b", inst, prof, 7, 1, force=force)
         with monkeypatch.context() as m:  # pydicom's compress() and dcmwrite for every file
-            m.setattr(dicom_writer.ElementCache, "write_slice", _save_whole_with_pydicom)
+            m.setattr(
+                dicom_writer.ElementCache,
+                "write_slice",
+                lambda self, *args: save_whole_with_pydicom(*args),
+            )
             m.setattr(dicom_writer, "_pixel_data", _native_j2k)
             generate_study(tmp_path / syntax / "pydicom", inst, prof, 7, 1, force=force)
         a = _digest(tmp_path / syntax / "a")
