@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint format demo demo-full bench bench-full clean
+.PHONY: setup test lint format demo demo-full bench bench-full bench-readme clean
 
 setup:
 	bash deploy/install.sh
@@ -37,6 +37,10 @@ bench:
 
 bench-full:
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The README's benchmark tables, written again from the run folders its marker names.
+bench-readme:
+	$(BIN)/python -m benchmarks.readme_tables
 
 clean:
 	rm -rf demo-quick demo-full .pytest_cache

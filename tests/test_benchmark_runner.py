@@ -396,3 +396,47 @@ def test_cpu_model_names_the_widest_vector_unit() -> None:
         {"cpus": 2, "cpu_model": "AMD EPYC (avx2)", "gpu": None, "torch": "2", "python": "3"}
     )
     assert described.startswith("2 CPU cores (AMD EPYC (avx2)), no GPU")
+
+
+def test_the_readmes_benchmark_tables_are_generated_from_the_committed_run():
+    from benchmarks import readme_tables
+
+    assert readme_tables.main(["--check"]) == 0
+
+
+def test_readme_tables_follow_the_run_results_and_refuse_a_readme_without_markers(tmp_path, capsys):
+    import shutil
+
+    from benchmarks import readme_tables
+
+    run = tmp_path / "results" / "run"
+    shutil.copytree(REPO / "benchmarks" / "results" / "one-run-2026-12-07", run)
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- benchmark-tables:begin runs=results/run -->\nstale\n"
+        "<!-- benchmark-tables:end -->\nafter\n"
+    )
+    assert readme_tables.main(["--readme", str(readme), "--check"]) == 1
+    assert readme_tables.main(["--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("<!-- benchmark-tables:end -->\nafter\n")
+    assert "stale" not in text and "Results: `results/run`" in text
+    assert "| 1.29× | ≥ 2× | **no** |" in text  # full ingest: picai_prep 2.49 s / ours 1.93 s
+    assert readme_tables.main(["--readme", str(readme), "--check"]) == 0
+
+    # a figure changes in the run's own result file: the table follows, the check notices
+    result = next((run / "ingest_vs_picai_prep").glob("*.json"))
+    rec = json.loads(result.read_text())
+    rec["picai_prep"]["seconds"] *= 2  # as if picai_prep had been twice as slow
+    rec["ratios"]["picai_over_ours_full_ingest"] *= 2
+    rec["ratios"]["picai_over_ours_conversion"] *= 2
+    result.write_text(json.dumps(rec))
+    assert readme_tables.main(["--readme", str(readme), "--check"]) == 1
+    assert readme_tables.main(["--readme", str(readme)]) == 0
+    assert "| 2.59× | ≥ 2× | yes |" in readme.read_text()
+
+    readme.write_text("no markers here\n")
+    capsys.readouterr()
+    assert readme_tables.main(["--readme", str(readme)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: no '<!-- benchmark-tables:begin") and err.count("\n") == 1
