@@ -53,14 +53,24 @@ def _is_number(s: str) -> bool:
 def b_value(ds: Dataset, frame: Dataset | None = None) -> tuple[float | None, str]:
     """Return (b in s/mm², where it was found) or (None, "none")."""
     if frame is not None:
-        for seq_name in ("MRDiffusionSequence",):
-            seq = frame.get(seq_name)
-            if seq and "DiffusionBValue" in seq[0]:
-                return float(seq[0].DiffusionBValue), "MRDiffusionSequence"
-        for holder in ("UnassignedPerFrameConvertedAttributesSequence",):
-            seq = frame.get(holder)
-            if seq and "DiffusionBValue" in seq[0]:
-                return float(seq[0].DiffusionBValue), holder
+        b, source = frame_b_value(frame)
+        if b is not None:
+            return b, source
+    return file_b_value(ds)
+
+
+def frame_b_value(frame: Dataset) -> tuple[float | None, str]:
+    """The b-value an enhanced file's per-frame functional group item carries itself, or
+    (None, "none"): then the file's own (``file_b_value``) holds for the frame."""
+    for seq_name in ("MRDiffusionSequence", "UnassignedPerFrameConvertedAttributesSequence"):
+        seq = frame.get(seq_name)
+        if seq and "DiffusionBValue" in seq[0]:
+            return float(seq[0].DiffusionBValue), seq_name
+    return None, "none"
+
+
+def file_b_value(ds: Dataset) -> tuple[float | None, str]:
+    """The b-value of the data set as a whole (see the module's lookup order)."""
     if "DiffusionBValue" in ds and ds.DiffusionBValue is not None and ds.DiffusionBValue != "":
         return float(ds.DiffusionBValue), "DiffusionBValue"
     shared = ds.get("SharedFunctionalGroupsSequence")

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from shared.dicom.bounded_header import read_bounded
-from shared.dicom.bvalue import b_value
+from shared.dicom.bvalue import b_value, file_b_value, frame_b_value
 
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 MR_CLASSES = {
@@ -270,6 +270,9 @@ def _frames(
             )
         ]  # type: ignore[arg-type]
     shared = _first(ds, "SharedFunctionalGroupsSequence")
+    # The file's own b-value holds for every frame whose item carries none: looked up once
+    # (its private-block searches cost more than the rest of a frame's header).
+    file_b: tuple[float | None, str] | None = None
     frames = []
     per_frame = ds.PerFrameFunctionalGroupsSequence
     if len(per_frame) != n_frames:
@@ -294,7 +297,10 @@ def _frames(
             str(v).upper()
             for v in (ftype.FrameType if ftype and "FrameType" in ftype else image_type)
         )
-        b, src = b_value(ds, item)
+        b, src = frame_b_value(item)
+        if b is None:
+            file_b = file_b or file_b_value(ds)
+            b, src = file_b
         content = _first(item, "FrameContentSequence")
         temporal = content.get("TemporalPositionIndex") if content else None
         frames.append(
