@@ -280,7 +280,7 @@ def test_precision_follows_the_hardware_and_the_override(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(trainloop, "cpu_native_bf16", lambda: True)
     monkeypatch.delenv(trainloop.PRECISION_ENV, raising=False)
-    assert trainloop.amp_dtype(cpu) is None  # CPU bf16 is opt-in
+    assert trainloop.amp_dtype(cpu) == torch.bfloat16  # the default where the CPU has AMX
     monkeypatch.setenv(trainloop.PRECISION_ENV, "bf16")
     assert trainloop.amp_dtype(cpu) == torch.bfloat16
     conv = torch.nn.Conv3d(1, 2, 3)
@@ -294,9 +294,10 @@ def test_precision_follows_the_hardware_and_the_override(monkeypatch):
     monkeypatch.setenv(trainloop.PRECISION_ENV, "half")
     with pytest.raises(InputError, match="SITE_AGENT_PRECISION"):
         trainloop.amp_dtype(cpu)
-    monkeypatch.setenv(trainloop.PRECISION_ENV, "bf16")
     monkeypatch.setattr(trainloop, "cpu_native_bf16", lambda: False)  # emulated bf16: no gain
-    assert trainloop.amp_dtype(cpu) is None
+    for choice in ("bf16", "auto"):
+        monkeypatch.setenv(trainloop.PRECISION_ENV, choice)
+        assert trainloop.amp_dtype(cpu) is None and trainloop.precision_name(cpu) == "float32"
 
 
 def test_cpu_native_bf16_reads_the_cpu_capabilities(monkeypatch):

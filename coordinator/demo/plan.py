@@ -91,24 +91,24 @@ QUICK = DemoPlan(
     fed_local_steps=5,
     fed_adapt_fraction=0.5,
     budget_minutes=10,
-    # Step times of a run on 2 idle cores of the AMX Intel Xeon, 2026-12-07 (181 s in all): the
+    # Step times of a run on 2 idle cores of the AMX Intel Xeon, 2026-12-07 (145 s in all): the
     # three lanes ran side by side, so these overlap; the progress bar needs their proportions
     expected_seconds={
-        "phantom-site": 23,
-        "phantom-external": 110,
+        "phantom-site": 13,
+        "phantom-external": 71,
         "keys": 1,
-        "train": 19,
-        "generate": 17,  # sampling + the first fidelity report (trains its two classifiers)
-        "fidelity": 12,  # the same report again, its classifiers and MS-SSIM cached
-        "export-synthetic": 14,
+        "train": 17,
+        "generate": 11,  # sampling + the first fidelity report (trains its two classifiers)
+        "fidelity": 7,  # the same report again, its classifiers and MS-SSIM cached
+        "export-synthetic": 10,
         "pretrain": 5,
         "export-weights": 1,
         "audit": 1,
         "ingest-external": 7,
         "trust": 1,
         "import": 1,
-        "federate": 17,
-        "study": 46,  # 36 cells, two at a time
+        "federate": 15,
+        "study": 50,  # 36 cells, two at a time
         "checks": 5,
     },
 )
@@ -134,24 +134,24 @@ FULL = DemoPlan(
     fed_adapt_fraction=0.5,
     budget_minutes=30,
     expected_seconds={
-        # Step times of a float32 run on 2 idle cores of the AMX Intel Xeon, 2026-12-07 (1087 s
-        # in all): the lanes ran side by side, so these overlap (each training 680 s at one
-        # thread, 327 s alone at two)
-        "phantom-site": 77,
-        "phantom-external": 210,
+        # Step times of a run on 2 idle cores of the AMX Intel Xeon, 2026-12-07 (671 s in all;
+        # generators trained in bf16, the default there): the lanes ran side by side, so these
+        # overlap (each training 320 s at one thread)
+        "phantom-site": 47,
+        "phantom-external": 130,
         "keys": 1,
-        "train": 680,
-        "generate": 80,
+        "train": 322,
+        "generate": 61,
         "fidelity": 18,
-        "export-synthetic": 47,  # the generated cases: no sampling of its own
-        "pretrain": 10,
+        "export-synthetic": 35,  # the generated cases: no sampling of its own
+        "pretrain": 13,
         "export-weights": 1,
         "audit": 1,
         "ingest-external": 19,
         "trust": 1,
-        "import": 6,
-        "federate": 22,
-        "study": 134,
+        "import": 5,
+        "federate": 20,
+        "study": 138,
         "checks": 10,
     },
 )

@@ -46,12 +46,13 @@ def ensure_finite(loss: torch.Tensor) -> None:
         raise NonFiniteLossError(float(loss.detach().float().mean()))
 
 
-# "auto" (the default): bf16/fp16 autocast on CUDA, float32 on CPU; "bf16": also bf16 autocast
-# on CPUs with native bf16 (AMX), 2-2.6x faster steps there; "fp32": float32 everywhere. CPU
-# bf16 is opt-in: in benchmarks/synthetic_value.py's re-check (same split, one generator run
-# each) bf16-trained generators lost synthetic pretraining its lead over the
-# reconstructed-source control (0.708 / 0.711 vs 0.717 / 0.731 AUC) that float32-trained ones
-# kept (0.762 / 0.788 vs 0.703 / 0.734).
+# "auto" (the default): bf16 autocast on CUDA (fp16 on cards without bf16) and on CPUs with
+# native bf16 (AMX: 2x faster training there), float32 on other CPUs (emulated bf16 gains
+# nothing); "bf16": the same; "fp32": float32 everywhere. CPU bf16 was opt-in from 2026-12-06
+# on one synthetic-value draw per precision; paired over 3 generator seeds on the full demo's
+# aurora site (benchmarks/results/precision-pairs-2026-12-07/) bf16 training stayed within
+# float32's seed-to-seed spread on every measure comparable across runs (label fidelity 0.736
+# vs 0.707, lesion-contrast retention 76/78/75 % vs 76/77/76 %), so it is the default again.
 PRECISION_ENV = "SITE_AGENT_PRECISION"
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -75,15 +76,15 @@ def cpu_native_bf16() -> bool:
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the generative networks on ``device``: bf16 on GPUs that support
-    it, else fp16; on CPU None (full precision) unless ``$SITE_AGENT_PRECISION`` is bf16 and
-    the CPU has native bf16 (``cpu_native_bf16``); None everywhere when it is fp32. Weights,
+    it, else fp16; on CPU bf16 where the CPU has native bf16 (``cpu_native_bf16``), else None
+    (full precision); None everywhere when ``$SITE_AGENT_PRECISION`` is fp32. Weights,
     optimiser state and losses stay float32 either way."""
     choice = _precision_choice()
     if choice == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and choice == "bf16" and cpu_native_bf16():
+    if device.type == "cpu" and cpu_native_bf16():
         return torch.bfloat16
     return None
 
