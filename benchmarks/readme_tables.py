@@ -40,10 +40,13 @@ class TableError(Exception):
 
 def run_table(run_dir: Path, repo: Path = REPO) -> str:
     """The markdown for one run folder: where it ran, then one row per figure."""
+    path = run_dir / "benchmarks.json"
+    if not path.is_file():
+        raise TableError(f"{run_dir} is not a run folder: it has no benchmarks.json")
     try:
-        report = json.loads((run_dir / "benchmarks.json").read_text())
+        report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise TableError(f"{run_dir}: no readable benchmarks.json ({exc})") from None
+        raise TableError(f"{path} cannot be read: {exc}") from None
     outcomes = []
     for b in report.get("benchmarks", []):
         o = Outcome(b["name"], b["status"], b.get("reason"), b.get("seconds"), b.get("command"))
@@ -95,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         old = args.readme.read_text()
         new = regenerate(old, args.readme.resolve().parent)  # run folders: relative to it
-    except (OSError, TableError) as exc:
+    except OSError as exc:
+        print(f"error: cannot read {args.readme}: {exc.strerror}", file=sys.stderr)
+        return 3
+    except TableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     if args.check:

@@ -435,6 +435,13 @@ def test_readme_tables_follow_the_run_results_and_refuse_a_readme_without_marker
     assert readme_tables.main(["--readme", str(readme)]) == 0
     assert "| 2.59× | ≥ 2× | yes |" in readme.read_text()
 
+    readme.write_text(
+        "<!-- benchmark-tables:begin runs=results/none -->\n<!-- benchmark-tables:end -->\n"
+    )
+    capsys.readouterr()
+    assert readme_tables.main(["--readme", str(readme)]) == 3
+    assert "results/none is not a run folder: it has no benchmarks.json" in capsys.readouterr().err
+
     readme.write_text("no markers here\n")
     capsys.readouterr()
     assert readme_tables.main(["--readme", str(readme)]) == 3

@@ -14,7 +14,8 @@ from coordinator.federation.config import FederationConfig
 
 # `flwr run` starts run 7; `flwr log 7 --stream` writes LINES lines (several pipe buffers)
 # over about a second and then ends, as the SuperLink ends the stream of a finished run;
-# `flwr ls` reports the run running until then, finished after, and counts its calls.
+# `flwr ls` reports the run running until then, finished after, and counts its calls. Any
+# other command (`flwr stop`, only sent on a timeout) does nothing and exits 0.
 FAKE_FLWR = """#!{python}
 import json, sys, time
 from pathlib import Path
@@ -36,8 +37,6 @@ elif cmd == "ls":
     status = {status!r} if done else "running"
     print(json.dumps({{"success": True, "runs": [{{"run-id": 7, "status": status,
                                                  "status-details": "details"}}]}}))
-elif cmd == "stop":
-    pass
 """
 
 

@@ -3,7 +3,7 @@
 The phantom's scanner exports and the site's synthetic exports write series of files whose
 headers differ from slice to slice in a handful of elements; this lays each file out byte for
 byte as pydicom's ``dcmwrite`` does with the whole data set (``tests/test_phantom.py`` and
-``tests/test_export_dicom.py`` compare the two).
+``tests/test_export.py`` compare the two).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class ElementCache:
     def write_slice(self, stack: Dataset, slice_ds: Dataset, syntax: str, path: Path) -> None:
         """The file of ``stack`` (the header its slices share, encoded once per stack) with
         ``slice_ds`` (what this slice changes, pixel data included) on top: the bytes that
-        ``write`` gives for the two merged."""
+        pydicom's ``dcmwrite`` gives for the two merged into one data set."""
         implicit = syntax == ImplicitVRLittleEndian
         compressed = UID(syntax).is_compressed
         pixels = slice_ds["PixelData"]
