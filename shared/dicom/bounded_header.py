@@ -1,4 +1,4 @@
-"""Bounded header reads: the scan's tags of a classic DICOM file, read from its first bytes.
+"""Bounded header reads: the scan's tags of a DICOM file, read from its first bytes.
 
 pydicom parses every element of a header and builds Python objects for each; the scan uses
 about thirty values. This reader walks the element stream of a Part-10 file itself, from a
@@ -12,10 +12,14 @@ here (2.32 s for a plain deferred read).
 The result, ``HeaderValues``, answers the handful of ``pydicom.Dataset`` calls the frame
 builder (``headers._frames``) and the b-value lookup make, so both stay one implementation.
 
-It covers the common case only: little-endian transfer syntaxes (implicit or explicit VR,
-native or encapsulated pixels), one frame per file. Anything else (big endian, deflate, an
-enhanced multi-frame file, a DICOMDIR, a stream it cannot follow) returns ``None`` and the
-caller falls back to pydicom, which also reports why a file is unusable.
+It covers little-endian transfer syntaxes (implicit or explicit VR, native or encapsulated
+pixels): classic files, and enhanced multi-frame ones, whose shared and per-frame functional
+group sequences it parses into light items holding only what the frame builder and the b-value
+lookup read in them (``_functional_groups``). On the 59 enhanced files of a 50-study aurora
+phantom tree, ``read_headers`` took 0.82 ms a file this way against 7.1 ms through pydicom.
+Anything else (big endian, deflate, a DICOMDIR, a stream or a sequence it cannot follow)
+returns ``None`` and the caller falls back to pydicom, which also reports why a file is
+unusable.
 """
 
 from __future__ import annotations
@@ -80,14 +84,37 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 # Private groups whose blocks may carry a b-value (Siemens 0019, GE 0043, Philips 2001):
 # every element of these groups is kept, creators included, so private blocks resolve.
 PRIVATE_GROUPS = frozenset({0x0019, 0x0043, 0x2001})
-# Their presence means the file is not the simple kind this reader covers.
-FALLBACK_TAGS = frozenset(
-    {
-        0x52009229,  # SharedFunctionalGroupsSequence
-        0x52009230,  # PerFrameFunctionalGroupsSequence
-        0x00041220,  # DirectoryRecordSequence
-    }
-)
+# Its presence means the file is not the kind this reader covers (a DICOMDIR).
+FALLBACK_TAGS = frozenset({0x00041220})  # DirectoryRecordSequence
+# An enhanced file's functional groups: sequences of (level 0) items holding the functional
+# group macros, sequences of (level 1) items holding values. Only those the frame builder
+# and the b-value lookup read are kept, each level's own.
+FUNCTIONAL_GROUPS = {
+    int(Tag(k)): k for k in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+}
+_MACROS = {
+    int(Tag(k)): k
+    for k in (
+        "PlaneOrientationSequence",
+        "PlanePositionSequence",
+        "PixelMeasuresSequence",
+        "MRImageFrameTypeSequence",
+        "MRDiffusionSequence",
+        "UnassignedPerFrameConvertedAttributesSequence",
+        "FrameContentSequence",
+    )
+}
+_MACRO_VALUES = {
+    int(Tag(k)): (k, dictionary_VR(Tag(k)))
+    for k in (
+        "ImageOrientationPatient",
+        "ImagePositionPatient",
+        "PixelSpacing",
+        "FrameType",
+        "DiffusionBValue",
+        "TemporalPositionIndex",
+    )
+}
 
 
 class _Unsupported(Exception):
@@ -103,8 +130,35 @@ class PixelLocation:
     length: int
 
 
-class HeaderValues:
+class SequenceItem:
+    """Decoded values answering ``get``, ``in`` and attribute access as a ``Dataset`` would:
+    one item of a functional group sequence (a nested sequence is a list of items), and the
+    base of a whole header's values."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self._values.get(keyword, default)
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self._values
+
+    def __getattr__(self, keyword: str) -> Any:
+        if keyword == "_values":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(keyword)
+        try:
+            return self._values[keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+
+class HeaderValues(SequenceItem):
     """The decoded values of one header, answering the ``Dataset`` calls the scan makes."""
+
+    __slots__ = ("_encodings", "_private", "file_meta", "pixel")
 
     def __init__(
         self,
@@ -114,25 +168,13 @@ class HeaderValues:
         pixel: PixelLocation | None,
         encodings: list[str],
     ) -> None:
-        self._values = values
+        super().__init__(values)
         # full tag -> (VR or None where implicit, raw bytes); decoded only when asked for,
         # since most private elements of these groups are never read
         self._private = private
         self._encodings = encodings
         self.file_meta = meta  # the frame builder reads file_meta.get(keyword)
         self.pixel = pixel
-
-    def get(self, keyword: str, default: Any = None) -> Any:
-        return self._values.get(keyword, default)
-
-    def __contains__(self, keyword: object) -> bool:
-        return keyword in self._values
-
-    def __getattr__(self, keyword: str) -> Any:
-        try:
-            return self.__dict__["_values"][keyword]
-        except KeyError:
-            raise AttributeError(keyword) from None
 
     def get_item(self, tag: int, keep_deferred: bool = False) -> PixelLocation | None:
         if tag != PIXEL_DATA:
@@ -192,7 +234,8 @@ def read_bounded(path: str) -> HeaderValues | None:
     r = _Reader(path)
     try:
         return _parse(r)
-    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError, EOFError):
+    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError, EOFError, RecursionError):
+        # RecursionError: sequences nested deeper than Python's stack (a hostile file)
         return None  # pydicom reads it, and says what is wrong if anything is
     finally:
         r.fh.close()
@@ -213,19 +256,26 @@ def _parse(r: _Reader) -> HeaderValues:
         raise _Unsupported
     implicit = ts == IMPLICIT_LE
     raw, _, pixel = _elements(r, pos, implicit=implicit, meta=False)
-    encodings = ["iso8859"]
-    if SPECIFIC_CHARACTER_SET in raw:
-        charset = raw[SPECIFIC_CHARACTER_SET][1].decode("ascii").strip("\x00 ").split("\\")
-        encodings = convert_encodings(charset or None)
+    encodings = _encodings(raw)
     values: dict[str, Any] = {}
     private: dict[int, tuple[str | None, bytes]] = {}
     for tag, (vr, data) in raw.items():
         if tag >> 16 in PRIVATE_GROUPS:
             private[tag] = (vr, data)
+        elif tag in FUNCTIONAL_GROUPS:
+            values[FUNCTIONAL_GROUPS[tag]] = data  # already items
         elif tag in _KEYWORD:
             known = _PUBLIC_VR[tag] if vr in (None, "UN") else vr  # as pydicom resolves UN
             values[_KEYWORD[tag]] = _decode(known, data, encodings)
     return HeaderValues(values, private, meta, pixel, encodings)
+
+
+def _encodings(raw: dict[int, tuple[str | None, Any]]) -> list[str]:
+    """The Python encodings of the data set's SpecificCharacterSet, kept in ``raw``."""
+    if SPECIFIC_CHARACTER_SET not in raw:
+        return ["iso8859"]
+    charset = raw[SPECIFIC_CHARACTER_SET][1].decode("ascii").strip("\x00 ").split("\\")
+    return convert_encodings(charset or None)
 
 
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DT", "TM", "UI", "LO", "LT", "PN", "SH", "ST", "UC", "UT"}
@@ -277,13 +327,14 @@ def _header(r: _Reader, pos: int, implicit: bool) -> tuple[int, str | None, int,
 
 def _elements(
     r: _Reader, pos: int, implicit: bool, meta: bool
-) -> tuple[dict[int, tuple[str | None, bytes]], int, PixelLocation | None]:
+) -> tuple[dict[int, tuple[str | None, Any]], int, PixelLocation | None]:
     """Walk top-level elements from ``pos`` keeping the wanted ones' (VR, bytes): the file meta
-    group (``meta``), or the data set up to the pixel data's header.
+    group (``meta``), or the data set up to the pixel data's header (a functional group
+    sequence kept as ("SQ", its items)).
 
     The element header is parsed inline (not with ``_header``): this loop runs some seventy
     times per file and is most of the scan's time."""
-    kept: dict[int, tuple[str | None, bytes]] = {}
+    kept: dict[int, tuple[str | None, Any]] = {}
     buf = r.buf
     unpack = struct.unpack_from
     while True:
@@ -316,6 +367,13 @@ def _elements(
             return kept, start, PixelLocation(start, length)
         if tag in FALLBACK_TAGS:
             raise _Unsupported
+        if tag in FUNCTIONAL_GROUPS:
+            if vr not in (None, "SQ"):  # e.g. UN: pydicom would have to read it as SQ
+                raise _Unsupported
+            items, pos = _functional_groups(r, start, length, implicit, _encodings(kept), 0)
+            kept[tag] = ("SQ", items)
+            buf = r.buf
+            continue
         if length == UNDEFINED:
             # A sequence, never one the scan wants: walk past it. UN holds implicit VR items.
             if tag in WANTED:
@@ -353,3 +411,77 @@ def _skip_item(r: _Reader, pos: int, implicit: bool) -> int:
             pos = _skip_sequence(r, start, implicit or vr == "UN")
         else:
             pos = start + length
+
+
+def _functional_groups(
+    r: _Reader, pos: int, length: int, implicit: bool, encodings: list[str], level: int
+) -> tuple[list[SequenceItem], int]:
+    """The items of the sequence whose value starts at ``pos`` (``length`` bytes long, or
+    ``UNDEFINED`` up to its delimiter) and the offset just past it.
+
+    Level 0 items (a functional group sequence's) keep the macro sequences of ``_MACROS``,
+    parsed one level down; level 1 items (a macro's) keep the values of ``_MACRO_VALUES``,
+    decoded as pydicom decodes them. Everything else is walked past. An item or element that
+    does not end where its container says, a kept element of the wrong kind, or a delimiter
+    out of place raises ``_Unsupported``: pydicom reads that file.
+    The element header is parsed inline, as in ``_elements``: an enhanced file has some
+    twenty-five elements per frame."""
+    end = None if length == UNDEFINED else pos + length
+    items: list[SequenceItem] = []
+    unpack = struct.unpack_from
+    while end is None or pos < end:
+        tag, _, item_length, pos = _header(r, pos, implicit=True)
+        if tag == SEQ_END and end is None:
+            return items, pos
+        if tag != ITEM:
+            raise _Unsupported
+        item_end = None if item_length == UNDEFINED else pos + item_length
+        values: dict[str, Any] = {}
+        while item_end is None or pos < item_end:
+            buf = r.buf
+            if pos + 12 > len(buf):
+                r.need(pos + 8)
+                buf = r.buf
+            group, elem, n = unpack("<HHI", buf, pos)
+            tag = group << 16 | elem
+            vr: str | None = None
+            if group == 0xFFFE:  # a delimiter: only an undefined-length item's own end
+                if tag != ITEM_END or item_end is not None:
+                    raise _Unsupported
+                pos += 8
+                break
+            if implicit:
+                start = pos + 8
+            else:
+                raw_vr = buf[pos + 4 : pos + 6]
+                if raw_vr in _LONG_VRS:
+                    r.need(pos + 12)
+                    n, start = unpack("<I", r.buf, pos + 8)[0], pos + 12
+                elif raw_vr in _SHORT_VRS:
+                    n, start = n >> 16, pos + 8
+                else:
+                    raise _Unsupported
+                vr = raw_vr.decode("ascii")
+            if level == 0 and tag in _MACROS:
+                if vr not in (None, "SQ"):
+                    raise _Unsupported
+                values[_MACROS[tag]], pos = _functional_groups(r, start, n, implicit, encodings, 1)
+            elif n == UNDEFINED:
+                if level == 1 and tag in _MACRO_VALUES:
+                    raise _Unsupported  # a value that is a sequence: not what pydicom gives
+                pos = _skip_sequence(r, start, implicit or vr == "UN")
+            else:
+                pos = start + n
+                if level == 1 and tag in _MACRO_VALUES:
+                    keyword, known = _MACRO_VALUES[tag]
+                    if vr == "SQ":
+                        raise _Unsupported
+                    r.need(pos)
+                    data = r.buf[start:pos]
+                    values[keyword] = _decode(known if vr in (None, "UN") else vr, data, encodings)
+            if item_end is not None and pos > item_end:
+                raise _Unsupported
+        items.append(SequenceItem(values))
+        if end is not None and pos > end:
+            raise _Unsupported
+    return items, pos

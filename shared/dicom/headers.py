@@ -114,6 +114,8 @@ def _read_headers(path: str) -> list[FrameHeader] | Skipped:
         return Skipped(path, "not DICOM")
     except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
         return Skipped(path, f"corrupt or truncated header ({type(exc).__name__})")
+    except RecursionError:
+        return Skipped(path, "corrupt header (sequences nested too deeply to read)")
     if bounded is None and len(ds) == 0 and getattr(ds, "file_meta", None):
         # pydicom's lenient reading gives up on a broken dataset and returns it empty
         return Skipped(path, "corrupt or truncated header (no element after the file meta)")
