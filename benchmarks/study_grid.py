@@ -16,9 +16,11 @@ Run: ``python -m benchmarks.study_grid --workspace demo-full/coordinator [--out 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -153,12 +155,27 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, required=True, help="the demo's coordinator folder")
     ap.add_argument("--seeds", type=int, default=8, help="paired seeds at 1/16 and 1/8")
     ap.add_argument("--seeds-large", type=int, default=3, help="paired seeds above 1/8")
-    ap.add_argument("--work", type=Path, default=Path("benchmarks/work/study_grid"))
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for the study config and outputs (default: a fresh temporary folder, "
+        "removed afterwards); it must not hold an earlier study",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    config = write_config(args.workspace, args.work, args.seeds, args.seeds_large)
-    rec = run(config, args.work / "study")
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        # A study resumes where its folder left off: timed on an earlier one's cells, the grid
+        # would "finish" in seconds (a stale folder from another workspace fails outright).
+        if (work / "study").exists() and any((work / "study").iterdir()):
+            raise InputError(
+                f"{work / 'study'} holds an earlier study: a timing needs a fresh folder",
+                hint="pass another --work, or none for a temporary one",
+            )
+        work.mkdir(parents=True, exist_ok=True)
+        config = write_config(args.workspace, work, args.seeds, args.seeds_large)
+        rec = run(config, work / "study")
     minutes = rec["total_s"] / 60
     record = {
         "benchmark": "study_grid",

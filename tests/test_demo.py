@@ -92,13 +92,18 @@ def test_quick_demo_runs_end_to_end_and_its_outputs_check_out(tmp_path: Path) ->
     assert (fed / "final" / "model.safetensors").is_file()
 
     # The study-grid benchmark runs on the demo's coordinator workspace (smallest seed counts).
-    bench = subprocess.run(
-        [sys.executable, "-m", "benchmarks.study_grid", "--workspace", str(ws / "coordinator"),
-         "--seeds", "1", "--seeds-large", "1", "--work", str(tmp_path / "sg"),
-         "--out", str(tmp_path / "sg")],
-        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
+    grid_cmd = [
+        sys.executable, "-m", "benchmarks.study_grid", "--workspace", str(ws / "coordinator"),
+        "--seeds", "1", "--seeds-large", "1", "--work", str(tmp_path / "sg"),
+        "--out", str(tmp_path / "sg"),
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    bench = subprocess.run(grid_cmd, capture_output=True, text=True, timeout=600, cwd=repo)
     assert bench.returncode == 0, bench.stderr[-2000:]
+    # A timing must not resume an earlier study's cells: the same work folder is refused.
+    again = subprocess.run(grid_cmd, capture_output=True, text=True, timeout=600, cwd=repo)
+    assert again.returncode == 3, again.stderr[-2000:]
+    assert "holds an earlier study" in again.stderr and "Traceback" not in again.stderr
     grid = json.loads((tmp_path / "sg" / "study_grid.json").read_text())
     assert grid["cells"] == 5 * 5 and sum(grid["parts_s"].values()) <= grid["total_s"] + 1.0
     assert set(grid["pretraining_s"]) == {
