@@ -21,32 +21,30 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 
+from coordinator.study.config import load_study_config
+from coordinator.study.run import _train_cfg
 from coordinator.study.splits import stratified_split
 from shared.case_format import list_cases
 from shared.classifier.data import load_case_tensors
-from shared.classifier.training import TrainConfig, load_model, predict, train_classifier
+from shared.classifier.training import load_model, predict, train_classifier
 
 torch.set_num_threads(1)
 ws, settings = Path(sys.argv[1]), json.loads(sys.argv[2])
 splits, out = [int(s) for s in sys.argv[3].split(",")], Path(sys.argv[4])
-data = load_case_tensors(list_cases(ws / "coordinator/cases/external"))
-# the quick demo's from-scratch cell: tiny profile batch 8, pretraining rate 1e-3,
-# [finetune] steps 200, eval every max(5, 200 // 12) = 16 steps, patience 6 evaluations
-base = TrainConfig(
-    network="small-cnn", in_channels=3, steps=200, batch_size=8, lr=1e-3, eval_every=16, patience=6
-)
+# the demo's own study config: its from-scratch cell's training (tiny profile: 200 steps,
+# batch 8, the pretraining rate 1e-3, validation every 16 steps, patience 6) and split
+cfg = load_study_config(ws / "coordinator" / "study.toml")
+data = load_case_tensors(list_cases(cfg.external))
 rows = []
 for name, over in settings.items():
     for sp in splits:
-        split = stratified_split(
-            data.y.astype(int).tolist(), {"train": 0.6, "val": 0.15, "test": 0.25}, sp
-        )
+        split = stratified_split(data.y.astype(int).tolist(), cfg.split, sp)
         tr, va, te = (data.subset(list(getattr(split, k))) for k in ("train", "val", "test"))
         for seed in (17, 1017):
-            cfg = replace(base, seed=seed, **over)
+            tc = replace(_train_cfg(cfg, 3, seed, finetune=True, from_scratch=True), **over)
             t0 = time.perf_counter()
-            res = train_classifier(tr, va, cfg)
-            model = load_model(cfg, tuple(tr.x.shape[2:]), res.state)
+            res = train_classifier(tr, va, tc)
+            model = load_model(tc, tuple(tr.x.shape[2:]), res.state)
             auc = roc_auc_score(te.y, predict(model, te.x))
             rows.append(
                 dict(
