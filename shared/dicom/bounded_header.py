@@ -423,12 +423,9 @@ def _functional_groups(
     parsed one level down; level 1 items (a macro's) keep the values of ``_MACRO_VALUES``,
     decoded as pydicom decodes them. Everything else is walked past. An item or element that
     does not end where its container says, a kept element of the wrong kind, or a delimiter
-    out of place raises ``_Unsupported``: pydicom reads that file.
-    The element header is parsed inline, as in ``_elements``: an enhanced file has some
-    twenty-five elements per frame."""
+    out of place raises ``_Unsupported``: pydicom reads that file."""
     end = None if length == UNDEFINED else pos + length
     items: list[SequenceItem] = []
-    unpack = struct.unpack_from
     while end is None or pos < end:
         tag, _, item_length, pos = _header(r, pos, implicit=True)
         if tag == SEQ_END and end is None:
@@ -438,30 +435,12 @@ def _functional_groups(
         item_end = None if item_length == UNDEFINED else pos + item_length
         values: dict[str, Any] = {}
         while item_end is None or pos < item_end:
-            buf = r.buf
-            if pos + 12 > len(buf):
-                r.need(pos + 8)
-                buf = r.buf
-            group, elem, n = unpack("<HHI", buf, pos)
-            tag = group << 16 | elem
-            vr: str | None = None
-            if group == 0xFFFE:  # a delimiter: only an undefined-length item's own end
+            tag, vr, n, start = _header(r, pos, implicit)
+            if tag >> 16 == 0xFFFE:  # a delimiter: only an undefined-length item's own end
                 if tag != ITEM_END or item_end is not None:
                     raise _Unsupported
-                pos += 8
+                pos = start
                 break
-            if implicit:
-                start = pos + 8
-            else:
-                raw_vr = buf[pos + 4 : pos + 6]
-                if raw_vr in _LONG_VRS:
-                    r.need(pos + 12)
-                    n, start = unpack("<I", r.buf, pos + 8)[0], pos + 12
-                elif raw_vr in _SHORT_VRS:
-                    n, start = n >> 16, pos + 8
-                else:
-                    raise _Unsupported
-                vr = raw_vr.decode("ascii")
             if level == 0 and tag in _MACROS:
                 if vr not in (None, "SQ"):
                     raise _Unsupported
