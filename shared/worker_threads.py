@@ -25,6 +25,8 @@ def limit_threads(n: int) -> None:
 
     from threadpoolctl import threadpool_limits
 
+    if _limits is not None:  # a second call: keep the process's first state restorable
+        _limits.restore_original_limits()
     _limits = threadpool_limits(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)

@@ -28,17 +28,30 @@ STYLES = [
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    """Tests run two at a time on two cores: one torch thread each avoids oversubscription
-    (measured 10x slower tiny training with two threads per worker under load)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        yield
-        return
+    """Tests run two at a time on two cores: one compute thread each (torch, BLAS, OpenMP)
+    avoids oversubscription (measured 10x slower tiny training with two threads per worker
+    under load)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):
+        torch.set_num_threads(1)
+        yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leak(request: pytest.FixtureRequest):
+    """A test that leaves this process on more torch threads slows every test after it in the
+    same worker (the memorisation test went from 56 to 360 s behind one such leak)."""
+    import torch
+
+    yield
+    n = torch.get_num_threads()
+    if n != 1:
+        torch.set_num_threads(1)
+        pytest.fail(f"{request.node.nodeid} left torch on {n} threads (the suite runs on 1)")
 
 
 @dataclass

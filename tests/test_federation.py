@@ -313,9 +313,11 @@ def test_a_nodes_threads_option_caps_its_compute_threads(site_ws):
             assert torch.get_num_threads() == n
         assert {p["num_threads"] for p in threadpool_info()} == {1}
     finally:  # this test's process runs other tests next
-        torch.set_num_threads(before)
+        # Limits first: restoring OpenMP's limit also resets torch's intra-op threads.
         if worker_threads._limits is not None:
             worker_threads._limits.restore_original_limits()
+            worker_threads._limits = None
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- reply validation
