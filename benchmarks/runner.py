@@ -31,6 +31,7 @@ from rich.table import Table
 from benchmarks.figures import Figure, extract, fmt
 from benchmarks.host import cpu_model
 from shared.atomic import atomic_write_json, atomic_write_text
+from shared.errors import EXIT_NOTHING
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -179,6 +180,9 @@ def run_benchmark(
             _kill(proc)
             raise
     seconds = time.perf_counter() - t0
+    if rc == EXIT_NOTHING:  # nothing to measure or report here (its last line says why)
+        reason = _last_line(out_dir / "stderr.txt").removeprefix("error: ")
+        return Outcome(name, "skipped", reason, seconds, shown)
     if rc != 0:
         return Outcome(name, "failed", _failure_reason(rc, out_dir / "stderr.txt"), seconds, shown)
     outcome = Outcome(name, "ok", None, seconds, shown)

@@ -57,7 +57,7 @@ from typing import Any
 
 from benchmarks.host import cpus_line
 from shared.atomic import atomic_write_json
-from shared.errors import InputError, ToolkitError
+from shared.errors import InputError, NothingProducedError, ToolkitError
 
 # A --synthetic-only generator that trained its own autoencoder (see ensure_generator).
 OWN_AE = "-own-ae"
@@ -886,7 +886,13 @@ def sweep(
             if done.is_file():
                 results[name] = json.loads(done.read_text())
     if report_only and not results:
-        b.say(f"no finished setting in {work}: run without --report-only to measure them")
+        # Nothing to report: an empty report must not replace an earlier run's (e.g. the
+        # committed benchmarks/results/synthetic_value.*).
+        raise NothingProducedError(
+            f"no finished setting in {work} to report (the sweep takes hours on 2 cores)",
+            hint="run `python -m benchmarks.synthetic_value` without --report-only to measure "
+            "them; the last committed result is benchmarks/results/synthetic_value.md",
+        )
     return record()
 
 

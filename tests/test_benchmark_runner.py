@@ -329,6 +329,25 @@ def test_a_crashing_benchmark_fails_with_one_line(tmp_path: Path) -> None:
     assert runner.exit_code([runner.Outcome("a", "skipped", "why"), runner.Outcome("b", "ok")]) == 0
 
 
+def test_a_report_with_nothing_to_report_is_a_skip_and_keeps_the_earlier_report(
+    tmp_path: Path,
+) -> None:
+    """A complete run asks synthetic_value for a report of the settings finished in its cache;
+    with none there it is skipped with the reason, and an earlier report in --out survives."""
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = out / "synthetic_value.json"
+    earlier.write_text('{"settings": {"baseline": {}}}')
+    args = ["--report-only", "--work", str(tmp_path / "empty-cache")]
+    outcome = runner.run_benchmark("synthetic_value", args, out)
+    assert outcome.status == "skipped", outcome.reason
+    assert outcome.reason.startswith("no finished setting in ")
+    assert "Traceback" not in (out / "stderr.txt").read_text()
+    assert earlier.read_text() == '{"settings": {"baseline": {}}}'
+    assert sorted(p.name for p in out.iterdir()) == ["stderr.txt", "stdout.txt", earlier.name]
+    assert runner.exit_code([outcome]) == 0
+
+
 def test_results_without_json_or_with_a_wrong_shape_fail(tmp_path: Path) -> None:
     empty = runner.Outcome("sampling_cost", "ok")
     runner.read_results(empty, tmp_path)
