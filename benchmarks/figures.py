@@ -224,6 +224,54 @@ def sampling_speed_figures(rec: Record) -> list[Figure]:
                 met=bool(default["label_fidelity_within_ddpm1000_interval"]),
             )
         )
+    return figs + same_network_gate(rows, default, label)
+
+
+def same_network_gate(rows: list[Record], default: Record, label: str) -> list[Figure]:
+    """The stricter fidelity gate: the default's few steps against the same rflow network's
+    25 Euler steps (a DDPM peer trained on a small site can be poor enough to pass anything)."""
+    ref = next(
+        (
+            r
+            for r in rows
+            if (r["sampler"], r["steps"]) == ("rflow", 25)
+            and r.get("network", "rflow") == "rflow"
+            and r is not default
+        ),
+        None,
+    )
+    if ref is None:
+        return []
+    peer = "rflow-25, same network"
+    figs = []
+    for seq in SEQUENCES:
+        upper = ref["kid"][seq]["ci"][1]
+        value = default["kid"][seq]["kid"]
+        figs.append(
+            Figure(
+                f"KID {seq} against its own network's 25 steps ({label})",
+                value,
+                "",
+                peer,
+                ref["kid"][seq]["kid"],
+                target=f"≤ peer's 95 % upper bound {fmt(upper)}",
+                met=bool(value <= upper),
+            )
+        )
+    if "label_fidelity" in default and "label_fidelity" in ref:
+        low = ref["label_fidelity"]["ci"][0]
+        value = default["label_fidelity"]["auc"]
+        figs.append(
+            Figure(
+                f"label-fidelity AUC against its own network's 25 steps ({label})",
+                value,
+                "",
+                peer,
+                ref["label_fidelity"]["auc"],
+                target=f"≥ peer's 95 % lower bound {fmt(low)}",
+                met=bool(value >= low),
+            )
+        )
     return figs
 
 

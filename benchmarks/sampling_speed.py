@@ -16,7 +16,9 @@ one machine, for:
 A sampler passes when every sequence's KID lies within DDPM-1000's 95 % bootstrap interval (or
 below it) and its label-fidelity AUC is not below DDPM-1000's interval. The fastest passing
 sampler is named ``recommended``; the profile default is the ``default`` row. Target: default
->= 50x faster than DDPM-1000 end to end, passing. Phantom data checks the machinery.
+>= 50x faster than DDPM-1000 end to end, passing. The runner's table also holds the default to
+the same network's rflow-25 intervals (``figures.same_network_gate``): a DDPM peer trained on a
+small site can be poor enough to pass anything. Phantom data checks the machinery.
 
 Run: ``python -m benchmarks.sampling_speed --workspace WS [--n 24]`` on a workspace where
 ``site-agent train`` has finished (rflow objective).

@@ -183,6 +183,28 @@ def test_sampling_speed_default_is_the_profiles_default_now() -> None:
     assert "rflow-heun-3 default" in speed.name
 
 
+def test_sampling_speed_default_is_also_held_to_its_own_networks_25_steps() -> None:
+    """The stricter gate: a few-step default against the same network's rflow-25 interval
+    (the DDPM peer's can be wide enough to pass anything); rflow-25 as default has none."""
+    assert not any("own network" in f.name for f in extract("sampling_speed", SAMPLING_SPEED))
+    rec = json.loads(json.dumps(SAMPLING_SPEED))
+    rec["rows"][0]["role"] = "rflow network"
+    kids = {"t2w": _kid(6.9, 5.0, 9.0), "hbv": _kid(7.1, 5.0, 9.0), "adc": _kid(3.0, 2.0, 4.0)}
+    heun = rec["rows"][0] | {"role": "default", "sampler": "rflow-heun", "steps": 3, "kid": kids}
+    rec["rows"].append(heun)
+    for row, auc, ci in zip(rec["rows"], (0.8, 0.6, 0.62), ((0.65, 0.95),) * 3, strict=True):
+        row["label_fidelity"] = {"auc": auc, "ci": list(ci)}
+        row["label_fidelity_within_ddpm1000_interval"] = True
+    figs = extract("sampling_speed", rec)
+    t2w, hbv = _by_name(figs, "KID t2w against"), _by_name(figs, "KID hbv against")
+    assert (t2w.value, t2w.peer_value, t2w.met) == (6.9, 5.0, True)  # 6.9 <= 7.0
+    assert (hbv.value, hbv.met) == (7.1, False) and "7" in hbv.target
+    assert _by_name(figs, "KID adc against").met is True
+    lf = _by_name(figs, "label-fidelity AUC against")
+    assert (lf.value, lf.peer_value, lf.met) == (0.62, 0.8, False)  # below rflow-25's 0.65
+    assert lf.peer == "rflow-25, same network" and "0.65" in lf.target
+
+
 def test_calibration_figures_against_the_target_band() -> None:
     auc, sd = extract("phantom_calibration", CALIBRATION)
     assert (auc.value, auc.met, auc.target) == (0.925, False, "0.80–0.92")
