@@ -24,6 +24,7 @@ from coordinator.demo.configs import CONDITIONS, write_fed_toml, write_study_tom
 from coordinator.demo.plan import QUICK
 from coordinator.demo.run import Demo, Step
 from coordinator.demo.steps import DemoState, Runner, StepFailed
+from coordinator.demo.summary import render_time_line
 from coordinator.federation.config import load_fed_toml
 from coordinator.study.config import load_study_config
 from shared.bundle.format import verify_bundle
@@ -143,6 +144,10 @@ def test_quick_demo_runs_end_to_end_and_its_outputs_check_out(tmp_path: Path) ->
     again = _cli("coordinator", "demo", "--quick", "--workspace", str(ws), "--json")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((ws / "demo-state.json").read_text())["done"] == state["done"]
+    rerun = json.loads(again.stdout)  # its total counts both invocations
+    assert rerun["invocations"] == 2
+    assert rerun["total_seconds"] == pytest.approx(rec["seconds"] + rerun["seconds"], abs=0.11)
+    assert "Run in 2 invocations" in (ws / "DEMO.md").read_text()
 
 
 def _paths_in(value: object) -> list[str]:
@@ -294,9 +299,36 @@ def test_a_failed_lane_stops_the_others_after_their_step_and_a_rerun_continues(
     assert ran <= {"b-0", "c-0"}  # the others finished the step they were in, no more
     assert set(demo.state.data["done"]) == ran  # and it is recorded
     again, events2 = _fake_demo(tmp_path)  # the same workspace, the failure fixed
+    first = json.loads((tmp_path / "ws" / "demo-state.json").read_text())["invocations"]
+    assert len(first) == 1 and first[0]["seconds"] >= 0.2  # the failed invocation's time
     again.run(lambda *a: None)
     every = {f"{k}-{i}" for k in "abc" for i in range(2)} | {"tail"}
     assert {e[0] for e in events2} == every - ran
+    # The summary's total covers both invocations, not only the one that finished the demo.
+    times = again.state.close_invocation(2.5)
+    assert times == {"total": round(first[0]["seconds"] + 2.5, 1), "invocations": 2}
+    line = render_time_line({"invocations": 2, "total_seconds": times["total"], "seconds": 2.5})
+    assert (
+        line == f"Run in 2 invocations ({times['total']:.0f} s in all; the last, which "
+        "finished it, 2 s)."
+    )
+
+
+def test_a_state_from_before_invocations_were_timed_says_the_total_is_unknown(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    plan = QUICK.record()
+    old = {"plan": plan, "done": {"keys-aurora": 0.3}, "outputs": {}}
+    (ws / "demo-state.json").write_text(json.dumps(old))
+    state = DemoState(ws, plan)
+    assert state.close_invocation(40.0) == {"total": None, "invocations": 2}
+    line = render_time_line({"invocations": 2, "total_seconds": None, "seconds": 40.0})
+    assert "earlier ones' time unknown" in line and "40 s" in line
+    assert render_time_line({"invocations": 1, "total_seconds": 9.0, "seconds": 9.0}) == (
+        "Total time 9 s."
+    )
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to share")

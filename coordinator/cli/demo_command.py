@@ -113,8 +113,14 @@ def _run_demo(plan: DemoPlan, ws: Path, json_out: bool, jobs: int = 0) -> None:
     if json_out:
         print_json(record)
         return
+    took = f"{record['seconds']:.0f} s"
+    if record["invocations"] > 1:
+        total = record["total_seconds"]
+        took += f" (the last of {record['invocations']} invocations" + (
+            f"; {total:.0f} s in all)" if total is not None else ")"
+        )
     out.print(
-        f"demo ({plan.name}) complete in {record['seconds']:.0f} s; every bundle and audit "
+        f"demo ({plan.name}) complete in {took}; every bundle and audit "
         "log verified. Phantom data: a machinery check, not clinical truth."
     )
     for k, v in where(d).items():

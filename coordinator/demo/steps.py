@@ -62,6 +62,13 @@ class DemoState:
                     hint="use another --workspace, or delete this one",
                 )
             self.data = old
+        # Each invocation's wall time (a rerun continues a stopped or failed demo): kept with
+        # the steps, so the summary's total covers every invocation, not only the last one.
+        # A state written before this was recorded has finished steps but no invocations.
+        if "invocations" not in self.data:
+            self.data["invocations"] = [{"seconds": None}] if self.data["done"] else []
+        self.data["invocations"].append({"seconds": 0.0})
+        self._t0 = time.perf_counter()
 
     def done(self, step: str) -> bool:
         return step in self.data["done"]
@@ -70,7 +77,17 @@ class DemoState:
         self.data["done"][step] = round(seconds, 1)
         if outputs:
             self.data["outputs"][step] = outputs
+        self.data["invocations"][-1]["seconds"] = round(time.perf_counter() - self._t0, 1)
         atomic_write_json(self.path, self.data)
+
+    def close_invocation(self, seconds: float) -> dict[str, Any]:
+        """Record this invocation's ``seconds`` and return the times of all of them: ``total``
+        (None when an earlier invocation's time is unknown) and ``invocations`` (how many)."""
+        self.data["invocations"][-1]["seconds"] = round(seconds, 1)
+        atomic_write_json(self.path, self.data)
+        times = [i["seconds"] for i in self.data["invocations"]]
+        known = None not in times
+        return {"total": round(sum(times), 1) if known else None, "invocations": len(times)}
 
     def output(self, step: str) -> dict[str, Any]:
         return self.data["outputs"].get(step, {})

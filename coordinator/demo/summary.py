@@ -132,10 +132,13 @@ def where(demo: Demo) -> dict[str, str]:
 
 
 def write_summary(demo: Demo, checks: dict[str, Any], seconds: float) -> dict[str, Any]:
+    times = demo.state.close_invocation(seconds)
     st = demo.state.data
     record = {
         "plan": demo.plan.record(),
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1),  # this invocation's
+        "total_seconds": times["total"],  # every invocation's (None: an earlier one unknown)
+        "invocations": times["invocations"],
         "lanes_at_once": demo.lanes_at_once,
         "step_seconds": st["done"],
         "outputs": st["outputs"],
@@ -148,6 +151,14 @@ def write_summary(demo: Demo, checks: dict[str, Any], seconds: float) -> dict[st
     return record
 
 
+def render_time_line(rec: dict[str, Any]) -> str:
+    n, total, this = rec["invocations"], rec["total_seconds"], rec["seconds"]
+    if n == 1:
+        return f"Total time {this:.0f} s."
+    earlier = f"{total:.0f} s in all" if total is not None else "earlier ones' time unknown"
+    return f"Run in {n} invocations ({earlier}; the last, which finished it, {this:.0f} s)."
+
+
 def render(demo: Demo, rec: dict[str, Any]) -> str:
     p = demo.plan
     lines = [
@@ -156,7 +167,7 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
         f"_{PHANTOM_NOTE}_",
         "",
         f"Sites: {', '.join(f'{s.name} ({s.institution}, {s.cases} studies)' for s in p.sites)}; "
-        f"external institution: {p.external_cases} studies. Total time {rec['seconds']:.0f} s.",
+        f"external institution: {p.external_cases} studies. {render_time_line(rec)}",
         "",
         "## Study: AUC and AP on the external test split (mean ± sd over seeds)",
         "",
