@@ -314,6 +314,32 @@ def test_a_failed_lane_stops_the_others_after_their_step_and_a_rerun_continues(
     )
 
 
+def test_a_failed_invocations_time_is_kept_for_the_reruns_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No step finished before the failure, yet the invocation's time is in the state."""
+    import coordinator.demo.run as demo_run
+    from coordinator.cli.demo_command import _run_demo
+
+    def fake(plan, ws: Path) -> Demo:
+        demo = Demo(plan, ws)
+
+        def boom() -> None:
+            time.sleep(0.2)
+            raise StepFailed("demo step x failed (exit 3): bad input", exit_code=3)
+
+        demo.lanes = lambda: [[Step("x", "keys", boom)]]  # type: ignore[method-assign]
+        demo.coordinator_steps = lambda: []  # type: ignore[method-assign]
+        return demo
+
+    monkeypatch.setattr(demo_run, "Demo", fake)
+    with pytest.raises(StepFailed):
+        _run_demo(QUICK, tmp_path / "ws", json_out=True)
+    state = json.loads((tmp_path / "ws" / "demo-state.json").read_text())
+    assert state["done"] == {} and len(state["invocations"]) == 1
+    assert state["invocations"][0]["seconds"] >= 0.2
+
+
 def test_a_state_from_before_invocations_were_timed_says_the_total_is_unknown(
     tmp_path: Path,
 ) -> None:

@@ -107,7 +107,11 @@ def _run_demo(plan: DemoPlan, ws: Path, json_out: bool, jobs: int = 0) -> None:
             if not skipped and not json_out:
                 prog.console.print(f"  {step.name} done in {seconds:.0f} s", highlight=False)
 
-        d.run(on_step, on_start, jobs=jobs)
+        try:
+            d.run(on_step, on_start, jobs=jobs)
+        except BaseException:  # a failed step or Ctrl-C: a rerun's total still counts this time
+            d.state.record_time(time.perf_counter() - t0)
+            raise
     checks = check_outputs(d)
     record = write_summary(d, checks, time.perf_counter() - t0)
     if json_out:

@@ -80,11 +80,15 @@ class DemoState:
         self.data["invocations"][-1]["seconds"] = round(time.perf_counter() - self._t0, 1)
         atomic_write_json(self.path, self.data)
 
+    def record_time(self, seconds: float) -> None:
+        """This invocation's time so far (e.g. when it stops on a failure or Ctrl-C)."""
+        self.data["invocations"][-1]["seconds"] = round(seconds, 1)
+        atomic_write_json(self.path, self.data)
+
     def close_invocation(self, seconds: float) -> dict[str, Any]:
         """Record this invocation's ``seconds`` and return the times of all of them: ``total``
         (None when an earlier invocation's time is unknown) and ``invocations`` (how many)."""
-        self.data["invocations"][-1]["seconds"] = round(seconds, 1)
-        atomic_write_json(self.path, self.data)
+        self.record_time(seconds)
         times = [i["seconds"] for i in self.data["invocations"]]
         known = None not in times
         return {"total": round(sum(times), 1) if known else None, "invocations": len(times)}
