@@ -198,33 +198,60 @@ def sampling_speed_figures(rec: Record) -> list[Figure]:
             _at_least(ratio, SPEEDUP_TARGET),
         )
     ]
-    for seq in SEQUENCES:  # KID is lower-better; no ratio, the peer's interval is the target
-        upper = base["kid"][seq]["ci"][1]
-        figs.append(
-            Figure(
-                f"KID {seq} ({label})",
-                default["kid"][seq]["kid"],
-                "",
-                peer,
-                base["kid"][seq]["kid"],
-                target=f"≤ peer's 95 % upper bound {fmt(upper)}",
-                met=bool(default["kid_within_ddpm1000_interval"][seq]),
-            )
-        )
-    if "label_fidelity" in default and "label_fidelity" in base:
-        low = base["label_fidelity"]["ci"][0]
-        figs.append(
-            Figure(
-                f"label-fidelity AUC ({label})",
-                default["label_fidelity"]["auc"],
-                "",
-                peer,
-                base["label_fidelity"]["auc"],
-                target=f"≥ peer's 95 % lower bound {fmt(low)}",
-                met=bool(default["label_fidelity_within_ddpm1000_interval"]),
-            )
-        )
+    # the DDPM-1000 gate as the benchmark judged it (its own flags)
+    figs += gate_figures(
+        default,
+        base,
+        peer,
+        label,
+        kid_met=default["kid_within_ddpm1000_interval"],
+        lf_met=default.get("label_fidelity_within_ddpm1000_interval"),
+    )
     return figs + same_network_gate(rows, default, label)
+
+
+def gate_figures(
+    row: Record,
+    ref: Record,
+    peer: str,
+    label: str,
+    name_note: str = "",
+    kid_met: dict[str, bool] | None = None,
+    lf_met: bool | None = None,
+) -> list[Figure]:
+    """``row``'s KID per sequence (at most ``ref``'s 95 % upper bound) and label-fidelity AUC
+    (at least ``ref``'s lower bound); ``kid_met``/``lf_met``: verdicts recorded by the
+    benchmark, else judged here."""
+    figs = []
+    for seq in SEQUENCES:  # KID is lower-better; no ratio, the peer's interval is the target
+        upper = ref["kid"][seq]["ci"][1]
+        value = row["kid"][seq]["kid"]
+        figs.append(
+            Figure(
+                f"KID {seq}{name_note} ({label})",
+                value,
+                "",
+                peer,
+                ref["kid"][seq]["kid"],
+                target=f"≤ peer's 95 % upper bound {fmt(upper)}",
+                met=bool(kid_met[seq] if kid_met is not None else value <= upper),
+            )
+        )
+    if "label_fidelity" in row and "label_fidelity" in ref:
+        low = ref["label_fidelity"]["ci"][0]
+        value = row["label_fidelity"]["auc"]
+        figs.append(
+            Figure(
+                f"label-fidelity AUC{name_note} ({label})",
+                value,
+                "",
+                peer,
+                ref["label_fidelity"]["auc"],
+                target=f"≥ peer's 95 % lower bound {fmt(low)}",
+                met=bool(lf_met if lf_met is not None else value >= low),
+            )
+        )
+    return figs
 
 
 def same_network_gate(rows: list[Record], default: Record, label: str) -> list[Figure]:
@@ -242,37 +269,8 @@ def same_network_gate(rows: list[Record], default: Record, label: str) -> list[F
     )
     if ref is None:
         return []
-    peer = "rflow-25, same network"
-    figs = []
-    for seq in SEQUENCES:
-        upper = ref["kid"][seq]["ci"][1]
-        value = default["kid"][seq]["kid"]
-        figs.append(
-            Figure(
-                f"KID {seq} against its own network's 25 steps ({label})",
-                value,
-                "",
-                peer,
-                ref["kid"][seq]["kid"],
-                target=f"≤ peer's 95 % upper bound {fmt(upper)}",
-                met=bool(value <= upper),
-            )
-        )
-    if "label_fidelity" in default and "label_fidelity" in ref:
-        low = ref["label_fidelity"]["ci"][0]
-        value = default["label_fidelity"]["auc"]
-        figs.append(
-            Figure(
-                f"label-fidelity AUC against its own network's 25 steps ({label})",
-                value,
-                "",
-                peer,
-                ref["label_fidelity"]["auc"],
-                target=f"≥ peer's 95 % lower bound {fmt(low)}",
-                met=bool(value >= low),
-            )
-        )
-    return figs
+    note = " against its own network's 25 steps"
+    return gate_figures(default, ref, "rflow-25, same network", label, note)
 
 
 def calibration_figures(rec: Record) -> list[Figure]:

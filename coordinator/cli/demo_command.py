@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -67,12 +66,11 @@ def _run_demo(plan: DemoPlan, ws: Path, json_out: bool, jobs: int = 0) -> None:
     )
 
     from coordinator.demo.run import Demo
-    from coordinator.demo.summary import check_outputs, where, write_summary
+    from coordinator.demo.summary import check_outputs, render_time_line, where, write_summary
 
     d = Demo(plan, ws)
     steps = d.steps()
     weight = {s.name: plan.expected_seconds.get(s.kind, 5.0) for s in steps}
-    t0 = time.perf_counter()
     prog = Progress(
         TextColumn("[bold]{task.description:<34}"),
         BarColumn(),
@@ -110,21 +108,15 @@ def _run_demo(plan: DemoPlan, ws: Path, json_out: bool, jobs: int = 0) -> None:
         try:
             d.run(on_step, on_start, jobs=jobs)
         except BaseException:  # a failed step or Ctrl-C: a rerun's total still counts this time
-            d.state.record_time(time.perf_counter() - t0)
+            d.state.record_time(d.state.elapsed())
             raise
     checks = check_outputs(d)
-    record = write_summary(d, checks, time.perf_counter() - t0)
+    record = write_summary(d, checks, d.state.elapsed())
     if json_out:
         print_json(record)
         return
-    took = f"{record['seconds']:.0f} s"
-    if record["invocations"] > 1:
-        total = record["total_seconds"]
-        took += f" (the last of {record['invocations']} invocations" + (
-            f"; {total:.0f} s in all)" if total is not None else ")"
-        )
     out.print(
-        f"demo ({plan.name}) complete in {took}; every bundle and audit "
+        f"demo ({plan.name}) complete. {render_time_line(record)} Every bundle and audit "
         "log verified. Phantom data: a machinery check, not clinical truth."
     )
     for k, v in where(d).items():

@@ -77,8 +77,12 @@ class DemoState:
         self.data["done"][step] = round(seconds, 1)
         if outputs:
             self.data["outputs"][step] = outputs
-        self.data["invocations"][-1]["seconds"] = round(time.perf_counter() - self._t0, 1)
+        self.data["invocations"][-1]["seconds"] = round(self.elapsed(), 1)
         atomic_write_json(self.path, self.data)
+
+    def elapsed(self) -> float:
+        """Seconds since this invocation began (the one clock of its recorded time)."""
+        return time.perf_counter() - self._t0
 
     def record_time(self, seconds: float) -> None:
         """This invocation's time so far (e.g. when it stops on a failure or Ctrl-C)."""
