@@ -198,6 +198,22 @@ def test_unreadable_state_is_an_input_error(tmp_path: Path) -> None:
         DemoState(tmp_path, QUICK.record())
 
 
+@pytest.mark.parametrize(
+    ("edit", "damage"),
+    [
+        (lambda st: [st], "not a JSON object"),
+        (lambda st: st | {"done": []}, "'done' is not an object"),
+        (lambda st: st | {"invocations": "garbage"}, "'invocations' is not a list"),
+        (lambda st: st | {"invocations": [{"seconds": "1"}]}, "'invocations' is not a list"),
+    ],
+)
+def test_a_damaged_state_is_an_input_error_naming_what(tmp_path: Path, edit, damage) -> None:
+    state = {"plan": json.loads(json.dumps(QUICK.record())), "done": {}, "outputs": {}}
+    (tmp_path / "demo-state.json").write_text(json.dumps(edit(state)))
+    with pytest.raises(InputError, match=damage):
+        DemoState(tmp_path, QUICK.record())
+
+
 def test_written_configs_load_with_the_real_parsers(tmp_path: Path) -> None:
     coord = tmp_path / "coordinator"
     coord.mkdir()

@@ -55,6 +55,12 @@ class DemoState:
                 old = json.loads(self.path.read_text())
             except (OSError, ValueError) as exc:
                 raise InputError(f"cannot read {self.path}: {exc}") from None
+            damage = _damage(old)
+            if damage:
+                raise InputError(
+                    f"{self.path} is damaged ({damage})",
+                    hint="delete it (and the workspace) to run the demo from the start",
+                )
             if old.get("plan") != plan:
                 raise InputError(
                     f"{workspace} holds a demo run with other settings "
@@ -99,6 +105,22 @@ class DemoState:
 
     def output(self, step: str) -> dict[str, Any]:
         return self.data["outputs"].get(step, {})
+
+
+def _damage(state: Any) -> str | None:
+    """What is wrong with the shape of a loaded demo state, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    for key in ("done", "outputs"):
+        if not isinstance(state.get(key), dict):
+            return f"'{key}' is not an object"
+    runs = state.get("invocations", [])
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and (r.get("seconds") is None or isinstance(r["seconds"], int | float))
+        for r in runs
+    ):
+        return "'invocations' is not a list of {seconds} records"
+    return None
 
 
 class Runner:
