@@ -52,6 +52,14 @@ def _read_native(f: FrameHeader) -> np.ndarray:
     return arr.reshape(f.rows, f.cols)
 
 
+def _put(out: np.ndarray, k: int, arr: np.ndarray, slope: float, inter: float) -> None:
+    """Slice ``k`` of ``out`` (i, j order) from a frame (rows, cols) in real-world values."""
+    if slope == 1.0 and inter == 0.0:  # the usual MR case: a plain (exact) conversion
+        out[:, :, k] = arr.T
+    else:
+        out[:, :, k] = (arr.astype(np.float64) * slope + inter).T
+
+
 def load_volume(vol: VolumeInfo, dtype: type = np.float32) -> Volume:
     """Read the pixels of ``vol`` and return a ``Volume`` in real-world values."""
     frames, affine = frame_geometry(list(vol.frames))
@@ -60,9 +68,7 @@ def load_volume(vol: VolumeInfo, dtype: type = np.float32) -> Volume:
     by_file: dict[str, list[tuple[int, FrameHeader]]] = defaultdict(list)
     for k, f in enumerate(frames):
         if f.pixel_offset is not None and f.pixel_dtype is not None:
-            arr = _read_native(f)
-            slope, inter = f.rescale
-            out[:, :, k] = (arr.astype(np.float64) * slope + inter).T
+            _put(out, k, _read_native(f), *f.rescale)
         else:
             by_file[f.path].append((k, f))
     for path, items in by_file.items():
@@ -77,6 +83,5 @@ def load_volume(vol: VolumeInfo, dtype: type = np.float32) -> Volume:
             arr = pixels[f.frame] if f.frame is not None else pixels
             if arr.shape != (rows, cols):
                 raise DicomError(f"{path}: frame is {arr.shape}, expected {(rows, cols)}")
-            slope, inter = _rescale(ds, f.frame)
-            out[:, :, k] = (arr.astype(np.float64) * slope + inter).T
+            _put(out, k, arr, *_rescale(ds, f.frame))
     return Volume(out, affine)

@@ -19,8 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from shared.dicom.geometry import frame_geometry
 from shared.dicom.headers import FrameHeader, Skipped, iter_files, read_headers
 from shared.errors import DicomError, InputError
@@ -108,19 +106,28 @@ class ScanResult:
 
 
 def _orientation_label(iop: tuple[float, ...]) -> str:
-    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
-    n = np.cross(row, col)
-    n /= np.linalg.norm(n) or 1.0
-    axis = int(np.argmax(np.abs(n)))
-    if abs(n[axis]) < 0.8:
+    rx, ry, rz, cx, cy, cz = iop
+    n = (ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx)  # row x column
+    norm = sum(v * v for v in n) ** 0.5 or 1.0
+    axis = max(range(3), key=lambda a: abs(n[a]))
+    if abs(n[axis]) / norm < 0.8:
         return "oblique"
     return ("sagittal", "coronal", "axial")[axis]
 
 
-def _split_key(f: FrameHeader) -> tuple[object, ...]:
-    iop = tuple(round(v, 3) for v in f.iop)
+class _Rounded(dict[tuple[tuple[float, ...], int], tuple[float, ...]]):
+    """Orientation vectors rounded to ``digits``, each distinct one rounded once (a series'
+    frames share theirs)."""
+
+    def __missing__(self, key: tuple[tuple[float, ...], int]) -> tuple[float, ...]:
+        values, digits = key
+        self[key] = rounded = tuple(round(v, digits) for v in values)
+        return rounded
+
+
+def _split_key(f: FrameHeader, rounded: _Rounded) -> tuple[object, ...]:
     b = None if f.b_value is None else round(f.b_value)
-    return (f.series_uid, iop, b, f.image_type, f.rows, f.cols, f.temporal)
+    return (f.series_uid, rounded[f.iop, 3], b, f.image_type, f.rows, f.cols, f.temporal)
 
 
 def group_volumes(frames: Iterable[FrameHeader]) -> dict[str, list[VolumeInfo]]:
@@ -128,12 +135,13 @@ def group_volumes(frames: Iterable[FrameHeader]) -> dict[str, list[VolumeInfo]]:
     by_series: dict[str, list[FrameHeader]] = defaultdict(list)
     for f in frames:
         by_series[f.series_uid].append(f)
+    rounded = _Rounded()
     studies: dict[str, list[VolumeInfo]] = defaultdict(list)
     for series_frames in by_series.values():
         parts: dict[tuple[object, ...], list[FrameHeader]] = defaultdict(list)
         for f in series_frames:
-            parts[_split_key(f)].append(f)
-        n_orient = len({tuple(round(v, 2) for v in f.iop) for f in series_frames})
+            parts[_split_key(f, rounded)].append(f)
+        n_orient = len({rounded[f.iop, 2] for f in series_frames})
         n_temporal = len({f.temporal for f in series_frames if f.temporal is not None})
         for i, (_, fr) in enumerate(sorted(parts.items(), key=lambda kv: str(kv[0]))):
             f0 = fr[0]

@@ -9,6 +9,26 @@ from shared.profiles import GridSpec
 from shared.volume import Volume, grid_affine, resample
 
 
+def percentiles(array: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
+    """``np.percentile(array, q)`` (its default linear method). Most acquired MR volumes hold
+    whole numbers below 65536 (uint16 pixels, slope 1): those are counted rather than
+    partially sorted, the same order statistics at about a third of the time."""
+    flat = array.ravel()
+    if flat.size and flat.min() >= 0 and flat.max() < 65536:
+        ints = flat.astype(np.uint16)
+        if np.array_equal(ints, flat):
+            cdf = np.cumsum(np.bincount(ints))
+            out = []
+            for p in q:
+                pos = (flat.size - 1) * p / 100.0
+                below = int(np.floor(pos))
+                # the values of ranks ``below`` and ``below + 1`` (0-based) in sorted order
+                lo, hi = np.searchsorted(cdf, [below, min(below + 1, flat.size - 1)], "right")
+                out.append(float(lo + (pos - below) * (hi - lo)))
+            return tuple(out)
+    return tuple(float(v) for v in np.percentile(array, q))
+
+
 def case_grid(t2w: Volume, grid: GridSpec, center: np.ndarray | None = None) -> np.ndarray:
     """The case grid's affine: T2's axis directions, the profile's size and spacing, centred on
     ``center`` (LPS mm; default: the centre of the T2 field of view)."""
@@ -41,7 +61,7 @@ def build_case_volumes(
     notes: dict[str, dict[str, object]] = {}
     for name, vol in (("t2w", t2w), ("hbv", hbv)):
         # Percentiles of the whole acquired volume: a small bright lesion cannot move them.
-        lo, hi = (float(v) for v in np.percentile(vol.array, [1.0, 99.0]))
+        lo, hi = percentiles(vol.array, (1.0, 99.0))
         r = resample(vol, affine, grid.size, "linear")
         out[name] = Volume(scale_percentile(r.array, lo, hi), affine)
         notes[name] = {"method": "percentile", "p1": lo, "p99": hi, "clip": [0.0, 3.0]}
