@@ -135,9 +135,9 @@ def group_volumes(frames: Iterable[FrameHeader]) -> dict[str, list[VolumeInfo]]:
     by_series: dict[str, list[FrameHeader]] = defaultdict(list)
     for f in frames:
         by_series[f.series_uid].append(f)
-    rounded = _Rounded()
     studies: dict[str, list[VolumeInfo]] = defaultdict(list)
     for series_frames in by_series.values():
+        rounded = _Rounded()  # per series: 0.0 and -0.0 are one key, and each series keeps its own
         parts: dict[tuple[object, ...], list[FrameHeader]] = defaultdict(list)
         for f in series_frames:
             parts[_split_key(f, rounded)].append(f)

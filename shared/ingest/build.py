@@ -10,7 +10,8 @@ from shared.volume import Volume, grid_affine, resample
 
 
 def percentiles(array: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
-    """``np.percentile(array, q)`` (its default linear method). Most acquired MR volumes hold
+    """``np.percentile(array, q)`` (its default linear method, to the last bit or so: numpy
+    interpolates with a slightly different formula). Most acquired MR volumes hold
     whole numbers below 65536 (uint16 pixels, slope 1): those are counted rather than
     partially sorted: the same order statistics in a fifth of the time (1.3 vs 6.7 ms, a T2)."""
     flat = array.ravel()
