@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,6 +112,11 @@ def test_quick_demo_runs_end_to_end_and_its_outputs_check_out(tmp_path: Path) ->
         "none", "real-source", "reconstructed-source", "synthetic-bpmri", "synthetic-t2w"
     }  # fmt: skip
 
+    # Every step's CPU is on record (the lanes overlap, so wall times alone hide the cost).
+    assert set(rec["step_cpu_seconds"]) == set(rec["step_seconds"])
+    assert rec["step_cpu_seconds"]["study"] > 1.0
+    assert "CPU seconds" in (ws / "DEMO.md").read_text()
+
     # Each site ran its fidelity report (with the worth-exporting diagnostics) before export.
     logs = ws / "logs"
     for site in ("aurora", "borealis"):
@@ -190,6 +196,28 @@ def test_failed_step_names_its_exit_code_and_log(tmp_path: Path) -> None:
     assert info.value.exit_code == 3
     assert "no such DICOM folder" in info.value.message
     assert str(tmp_path / "logs" / "ingest-external.log") in str(info.value)
+
+
+def test_a_step_is_charged_the_cpu_of_its_own_processes(tmp_path: Path) -> None:
+    """wait4's usage covers the command and the children it waited for, and only this
+    thread's commands: a busy step in another lane is not charged to this one."""
+    burn = "import time; t = time.process_time(); exec('while time.process_time() - t < {}: pass')"
+    in_child = (
+        "import subprocess, sys; "
+        f"subprocess.run([sys.executable, '-c', {burn.format(0.6)!r}], check=True)"
+    )
+    runner = Runner(tmp_path, {})
+    other = threading.Thread(
+        target=runner.run, args=("other", [sys.executable, "-c", burn.format(1.5)])
+    )
+    other.start()
+    runner.take_cpu()
+    runner.run("mine", [sys.executable, "-c", in_child])
+    mine = runner.take_cpu()
+    other.join()
+    assert 0.6 <= mine < 1.4, mine
+    assert runner.take_cpu() == 0.0  # taken: the next step starts from zero
+    assert "CPU" in (tmp_path / "logs" / "mine.log").read_text()
 
 
 def test_unreadable_state_is_an_input_error(tmp_path: Path) -> None:

@@ -354,10 +354,11 @@ class Demo:
                 with report:
                     on_start(step)
             t0 = time.perf_counter()
+            self.runner.take_cpu()
             outputs = step.action()
             seconds = time.perf_counter() - t0
             with report:
-                self.state.finish(step.name, seconds, outputs)
+                self.state.finish(step.name, seconds, outputs, self.runner.take_cpu())
                 on_step(step, False, seconds)
 
         def lane(steps: list[Step]) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,8 +80,16 @@ class DemoState:
     def done(self, step: str) -> bool:
         return step in self.data["done"]
 
-    def finish(self, step: str, seconds: float, outputs: dict[str, Any] | None = None) -> None:
+    def finish(
+        self,
+        step: str,
+        seconds: float,
+        outputs: dict[str, Any] | None = None,
+        cpu_seconds: float | None = None,
+    ) -> None:
         self.data["done"][step] = round(seconds, 1)
+        if cpu_seconds is not None:
+            self.data.setdefault("cpu", {})[step] = round(cpu_seconds, 1)
         if outputs:
             self.data["outputs"][step] = outputs
         self.data["invocations"][-1]["seconds"] = round(self.elapsed(), 1)
@@ -114,6 +123,8 @@ def _damage(state: Any) -> str | None:
     for key in ("done", "outputs"):
         if not isinstance(state.get(key), dict):
             return f"'{key}' is not an object"
+    if not isinstance(state.get("cpu", {}), dict):
+        return "'cpu' is not an object"
     runs = state.get("invocations", [])
     if not isinstance(runs, list) or not all(
         isinstance(r, dict) and (r.get("seconds") is None or isinstance(r["seconds"], int | float))
@@ -134,6 +145,14 @@ class Runner:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = os.environ | env
         self.threads = threads  # the cores a command may use now (None: all)
+        self._cpu = threading.local()  # CPU seconds of this thread's commands since take_cpu()
+
+    def take_cpu(self) -> float:
+        """CPU seconds (user + system) the commands run by this thread used since the last
+        call: lanes run side by side, so a step's wall time alone does not say what it costs."""
+        spent = getattr(self._cpu, "seconds", 0.0)
+        self._cpu.seconds = 0.0
+        return spent
 
     def run(self, step: str, cmd: list[str], want_json: bool = False) -> Any:
         """Run ``cmd``; returns its parsed stdout JSON when ``want_json``. A failure raises
@@ -149,27 +168,44 @@ class Runner:
         with open(log, "a") as fh:
             fh.write(f"$ {' '.join(cmd)}\n")
             fh.flush()
-            proc = subprocess.run(
-                cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env, check=False
-            )
-            fh.write(proc.stdout)
-            fh.write(f"# exit {proc.returncode} after {time.perf_counter() - t0:.1f} s\n")
-        if proc.returncode != 0:
+            code, stdout, cpu = _run_counted(cmd, fh, env)
+            self._cpu.seconds = getattr(self._cpu, "seconds", 0.0) + cpu
+            fh.write(stdout)
+            fh.write(f"# exit {code} after {time.perf_counter() - t0:.1f} s, CPU {cpu:.1f} s\n")
+        if code != 0:
             raise StepFailed(
-                f"demo step {step} failed (exit {proc.returncode}): {_last_line(log)}",
-                exit_code=proc.returncode,
+                f"demo step {step} failed (exit {code}): {_last_line(log)}",
+                exit_code=code,
                 hint=f"log: {log}; rerun the demo to continue from this step",
             )
         if not want_json:
             return None
         try:
-            return json.loads(proc.stdout)
+            return json.loads(stdout)
         except ValueError:
             raise StepFailed(
                 f"demo step {step}: the command's --json output did not parse",
                 exit_code=1,
                 hint=f"log: {log}",
             ) from None
+
+
+def _run_counted(cmd: list[str], log: Any, env: dict[str, str]) -> tuple[int, str, float]:
+    """Run ``cmd`` (stderr to ``log``): its exit code, stdout, and the CPU seconds it and its
+    waited-for children used (``wait4``'s resource usage, per process, so steps running in other
+    threads are not counted in)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        stdout = proc.stdout.read()
+        proc.stdout.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, stdout, usage.ru_utime + usage.ru_stime
 
 
 def _last_line(log: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,7 @@ def write_summary(demo: Demo, checks: dict[str, Any], seconds: float) -> dict[st
         "invocations": times["invocations"],
         "lanes_at_once": demo.lanes_at_once,
         "step_seconds": st["done"],
+        "step_cpu_seconds": st.get("cpu", {}),  # user + system, the step's processes
         "outputs": st["outputs"],
         "checks": {k: v for k, v in checks.items() if k != "failures"},
         "where": where(demo),
@@ -229,8 +231,15 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
             "up to more than the total; the coordinator's steps ran after them.",
             "",
         ]
-    lines += ["| step | seconds |", "|---|---:|"]
-    lines += [f"| {k} | {v} |" for k, v in rec["step_seconds"].items()]
+    cpu = rec.get("step_cpu_seconds", {})
+    lines += ["| step | seconds | CPU seconds |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v} | {cpu.get(k, '')} |" for k, v in rec["step_seconds"].items()]
+    if cpu:
+        lines += [
+            "",
+            f"CPU seconds (user + system, each step's processes): {sum(cpu.values()):.0f} in "
+            f"all, on {len(os.sched_getaffinity(0))} core(s).",
+        ]
     lines += ["", "## Where things are", ""]
     lines += [f"- {k}: {v}" for k, v in rec["where"].items()]
     return "\n".join(lines) + "\n"
