@@ -86,7 +86,7 @@ def test_plain_adamw_matches_torch_optim_bit_for_bit() -> None:
     y = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
     weights = []
     for make in (
-        lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=1e-4),
+        lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=1e-4, fused=True),
         lambda p: AdamW(p, lr=3e-3, weight_decay=1e-4),
     ):
         torch.manual_seed(2)

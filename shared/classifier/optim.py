@@ -2,9 +2,12 @@
 ``torch._dynamo`` (1.5-3 s on 2 busy cores, measured with torch 2.13), which a federation node
 would pay on every train message, since each message runs in a fresh process.
 
-:class:`AdamW` is ``torch.optim.AdamW``'s single-tensor update (the one torch uses on CPU)
-written out, so a training run gives the same weights bit for bit
-(``tests/test_classifier_networks.py`` checks it against ``torch.optim.AdamW``).
+:class:`AdamW` is ``torch.optim.AdamW(fused=True)``'s update written out: one call of the fused
+aten kernel per device and dtype, so a training run gives the same weights bit for bit
+(``tests/test_classifier_networks.py`` checks it against ``torch.optim.AdamW(fused=True)``).
+Fused rather than the default single-tensor update: on the CPU the small classifier's step took
+1.6 ms single-tensor against 0.35 ms fused (21 tensors, 0.58 M parameters, one core), a
+twentieth of a training step.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ class AdamW:
     ) -> None:
         self.params = list(params)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        # per parameter: steps taken, first and second moment estimates
-        self.state: dict[int, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
+        # per parameter: steps taken (a float32 tensor, as the fused kernel reads it), first
+        # and second moment estimates
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -39,23 +43,25 @@ class AdamW:
 
     @torch.no_grad()
     def step(self) -> None:
-        beta1, beta2 = self.betas
-        lr, eps = self.lr, self.eps
+        groups: dict[tuple[torch.device, torch.dtype], list[list[torch.Tensor]]] = {}
         for p in self.params:
             if p.grad is None:
                 continue
             if id(p) not in self.state:
-                zeros = (torch.zeros_like(p, memory_format=torch.preserve_format) for _ in "mv")
-                self.state[id(p)] = ([0], *zeros)
+                self.state[id(p)] = (
+                    torch.zeros((), dtype=torch.float32, device=p.device),
+                    torch.zeros_like(p, memory_format=torch.preserve_format),
+                    torch.zeros_like(p, memory_format=torch.preserve_format),
+                )
             count, exp_avg, exp_avg_sq = self.state[id(p)]
-            count[0] += 1
-            step = float(count[0])
-            grad = p.grad
-            p.mul_(1 - lr * self.weight_decay)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            bias_correction1 = 1 - beta1**step
-            bias_correction2 = 1 - beta2**step
-            step_size = lr / bias_correction1
-            denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
-            p.addcdiv_(exp_avg, denom, value=-step_size)
+            lists = groups.setdefault((p.device, p.dtype), [[], [], [], [], []])
+            for lst, t in zip(lists, (p, p.grad, exp_avg, exp_avg_sq, count), strict=True):
+                lst.append(t)
+        beta1, beta2 = self.betas
+        for params, grads, exp_avgs, exp_avg_sqs, steps in groups.values():
+            torch._foreach_add_(steps, 1)
+            torch._fused_adamw_(
+                params, grads, exp_avgs, exp_avg_sqs, [], steps,
+                lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=self.weight_decay,
+                eps=self.eps, amsgrad=False, maximize=False,
+            )  # fmt: skip
