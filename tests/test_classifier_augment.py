@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.classifier.data import augment, resample_inplane_affine
+from shared.classifier.data import augment, draw_augmentation, resample_inplane_affine
 
 
 def _reference(batch, inplane, z_scale, shift):
@@ -26,19 +26,10 @@ def _reference(batch, inplane, z_scale, shift):
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _old_augment(batch, generator, rotate_deg=15.0, translate=0.08, zoom=(0.9, 1.1), p=0.5):
-    """The augmentation as first written (one 3D grid_sample): the draws and the map."""
+def _old_map(batch, generator):
+    """The augmentation's map as first written, as one 3D theta for grid_sample."""
     n = batch.shape[0]
-
-    def coin():
-        return (torch.rand(n, generator=generator) < p).float()
-
-    flip = torch.where(coin() > 0, -1.0, 1.0)
-    angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * rotate_deg) * coin()
-    scale = 1.0 + (torch.rand(n, generator=generator) * (zoom[1] - zoom[0]) + zoom[0] - 1) * coin()
-    shift = (torch.rand(n, 3, generator=generator) * 2 - 1) * translate
-    shift[:, 2] *= 0.1
-    shift = shift * coin()[:, None]
+    flip, angle, scale, shift = draw_augmentation(n, generator)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.zeros(n, 3, 4)
     theta[:, 0, 0] = 1.0 / scale
@@ -66,12 +57,12 @@ def test_slicewise_resampling_equals_3d_grid_sample(shape) -> None:
     assert (want == 0).any()  # some voxels did fall outside: the zeros padding was exercised
 
 
-def test_augment_draws_and_maps_as_before() -> None:
-    """Same generator, same draws, same map: only the resampling changed."""
+def test_augment_maps_as_before() -> None:
+    """Same draws, same map: only the resampling changed."""
     batch = torch.randn(8, 3, 24, 24, 12)
     for seed in range(6):
         got = augment(batch, torch.Generator().manual_seed(seed))
-        want = _old_augment(batch, torch.Generator().manual_seed(seed))
+        want = _old_map(batch, torch.Generator().manual_seed(seed))
         assert torch.allclose(got, want, atol=1e-4, rtol=0), (seed, (got - want).abs().max())
 
 

@@ -75,7 +75,32 @@ def augment(
     """
     import torch
 
-    n = batch.shape[0]
+    flip, angle, scale, shift = draw_augmentation(
+        batch.shape[0], generator, rotate_deg, translate, zoom, p
+    )
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Source coordinates (normalised, align_corners=False) of each output voxel:
+    #   x_src = (sin * y + cos * x) * flip / scale + shift_x     (flip: left-right)
+    #   y_src = (cos * y - sin * x) / scale + shift_y
+    #   z_src = z / scale + shift_z
+    inplane = torch.stack([cos, -sin, sin * flip, cos * flip], 1).reshape(-1, 2, 2)
+    dev = batch.device
+    return resample_inplane_affine(
+        batch, (inplane / scale[:, None, None]).to(dev), (1.0 / scale).to(dev), shift.to(dev)
+    )
+
+
+def draw_augmentation(
+    n: int,
+    generator,
+    rotate_deg: float = 15.0,
+    translate: float = 0.08,
+    zoom: tuple[float, float] = (0.9, 1.1),
+    p: float = 0.5,
+):
+    """Each case's (flip +-1, in-plane angle in radians, zoom, (x, y, z) shift), each one
+    applied with probability ``p`` (else the identity); drawn in this order from ``generator``."""
+    import torch
 
     def coin() -> torch.Tensor:
         return (torch.rand(n, generator=generator) < p).float()
@@ -85,17 +110,7 @@ def augment(
     scale = 1.0 + (torch.rand(n, generator=generator) * (zoom[1] - zoom[0]) + zoom[0] - 1) * coin()
     shift = (torch.rand(n, 3, generator=generator) * 2 - 1) * translate
     shift[:, 2] *= 0.1
-    shift = shift * coin()[:, None]
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    # Source coordinates (normalised, align_corners=False) of each output voxel:
-    #   x_src = (sin * y + cos * x) * flip / scale + shift_x     (flip: left-right)
-    #   y_src = (cos * y - sin * x) / scale + shift_y
-    #   z_src = z / scale + shift_z
-    inplane = (
-        torch.stack([cos, -sin, sin * flip, cos * flip], 1).reshape(n, 2, 2) / scale[:, None, None]
-    )
-    dev = batch.device
-    return resample_inplane_affine(batch, inplane.to(dev), (1.0 / scale).to(dev), shift.to(dev))
+    return flip, angle, scale, shift * coin()[:, None]
 
 
 def resample_inplane_affine(batch, inplane, z_scale, shift):
