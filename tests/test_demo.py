@@ -276,7 +276,8 @@ def test_lanes_are_independent_chains_and_cover_every_step(tmp_path: Path) -> No
     assert len(flat) == len(set(flat))  # no step in two lanes
     tail = [st.name for st in demo.coordinator_steps()]
     assert [st.name for st in demo.steps()] == flat + tail
-    assert tail == ["trust", "import", "federate", "study"]
+    assert tail == ["trust", "import", "federate", "study-ready", "study"]
+    assert [st.name for st in demo.coordinator_steps() if st.with_previous] == ["study-ready"]
     assert names[-1] == ["phantom-external", "ingest-external"]
     for site, lane in zip(QUICK.sites, names, strict=False):
         # a hospital's chain, in the order a site works: data, model, review, export, audit
@@ -293,21 +294,27 @@ def _fake_demo(tmp_path: Path, fail: str | None = None) -> tuple[Demo, list[tupl
     events: list[tuple] = []
 
     def act(name: str):
-        def run() -> dict:
-            t0 = time.monotonic()
-            if name == fail:
-                time.sleep(0.1)  # the other lanes are in their first step by now
-                raise StepFailed(f"demo step {name} failed (exit 3): bad input", exit_code=3)
-            time.sleep(0.3)
-            events.append((name, t0, time.monotonic(), demo._threads()))
-            return {"ran": name}
-
-        return run
+        return _recorder(demo, events, name, fail)
 
     lanes = [[Step(f"{k}-{i}", "keys", act(f"{k}-{i}")) for i in range(2)] for k in "abc"]
     demo.lanes = lambda: lanes  # type: ignore[method-assign]
     demo.coordinator_steps = lambda: [Step("tail", "trust", act("tail"))]  # type: ignore[method-assign]
     return demo, events
+
+
+def _recorder(demo: Demo, events: list[tuple], name: str, fail: str | None = None):
+    """A step's action that records (name, start, end, its command's thread share)."""
+
+    def run() -> dict:
+        t0 = time.monotonic()
+        if name == fail:
+            time.sleep(0.1)  # the other lanes are in their first step by now
+            raise StepFailed(f"demo step {name} failed (exit 3): bad input", exit_code=3)
+        time.sleep(0.3)
+        events.append((name, t0, time.monotonic(), demo._threads()))
+        return {"ran": name}
+
+    return run
 
 
 def test_lanes_run_side_by_side_sharing_the_cores_then_the_coordinator(tmp_path: Path) -> None:
@@ -330,6 +337,22 @@ def test_lanes_run_side_by_side_sharing_the_cores_then_the_coordinator(tmp_path:
     spans = sorted((t0, t1) for _, t0, t1, _ in events2)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     assert {threads for *_, threads in events2} == {cores}
+
+
+def test_a_coordinator_step_with_the_previous_runs_beside_it(tmp_path: Path) -> None:
+    """The study's first part runs while the federation does, each with half the cores;
+    the step after them waits for both."""
+    demo, events = _fake_demo(tmp_path)
+    tail = [("fed", False), ("ready", True), ("rest", False)]
+    steps = {n: Step(n, "trust", _recorder(demo, events, n), with_previous=w) for n, w in tail}
+    demo.coordinator_steps = lambda: list(steps.values())  # type: ignore[method-assign]
+    demo.run(lambda *a: None)
+    span = {name: (t0, t1, threads) for name, t0, t1, threads in events}
+    assert span["ready"][0] < span["fed"][1] and span["fed"][0] < span["ready"][1]
+    assert span["rest"][0] >= max(span["fed"][1], span["ready"][1])
+    cores = len(os.sched_getaffinity(0))
+    assert span["fed"][2] == span["ready"][2] == max(1, cores // 2)
+    assert span["rest"][2] == cores
 
 
 def test_a_failed_lane_stops_the_others_after_their_step_and_a_rerun_continues(

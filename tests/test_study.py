@@ -146,6 +146,32 @@ def test_resumed_study_command_counts_only_new_cells_in_its_progress(stores, tmp
     assert "step 9/9 (100%)" in lines[-1], lines
 
 
+def test_conditions_ready_now_run_first_and_the_study_finishes_later(stores, tmp_path):
+    """`--condition` runs some conditions' cells (as the demo does while the federation runs),
+    writes no report, and the full run after it keeps those cells and runs only the rest."""
+    p = write_config(tmp_path / "study.toml", stores)
+    out = tmp_path / "out"
+    base = ["study", "--config", str(p), "--out", str(out)]
+    r = CliRunner().invoke(coordinator_app, [*base, "--condition", "none", "--json"])
+    assert r.exit_code == 0, r.output
+    part = json.loads(r.stdout)
+    assert part["cells"] == 3 and part["report"] is None  # 2 seeds at 0.25, 1 at 1.0
+    made = sorted((out / "cells").rglob("*.json"))
+    assert {f.relative_to(out / "cells").parts[0] for f in made} == {"none"} and len(made) == 3
+    assert not (out / "pretrained" / "synthetic-bpmri").exists()
+    assert not (out / "report.md").exists()
+    stamps = {f: f.stat().st_mtime_ns for f in made}
+
+    r = CliRunner().invoke(coordinator_app, base)
+    assert r.exit_code == 0, r.output
+    assert "resumed from step 3 of 9" in r.stderr
+    assert (out / "report.md").is_file() and len(list((out / "cells").rglob("*.json"))) == 9
+    assert {f: f.stat().st_mtime_ns for f in made} == stamps  # kept, not run again
+
+    r = CliRunner().invoke(coordinator_app, [*base, "--condition", "nonee"])
+    assert r.exit_code == 3 and "no condition 'nonee'" in r.stderr and "Traceback" not in r.output
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

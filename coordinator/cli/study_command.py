@@ -39,6 +39,15 @@ def study(
             "differ.",
         ),
     ] = 1,
+    condition: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--condition",
+            help="Run only this condition's cells now (repeatable), e.g. those whose inputs are "
+            "ready while a federation still runs. No report is written; a later run without "
+            "--condition keeps these cells and finishes the study.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print output paths as JSON.")] = False,
 ) -> None:
     """Pretrain each condition, fine-tune on nested fractions of the external training split
@@ -51,7 +60,8 @@ def study(
 
     cfg = load_study_config(config)
     out_dir = output or config.with_suffix("")
-    n = len(cells_of(cfg))
+    only = sorted(set(condition)) if condition else None
+    n = len([c for c in cells_of(cfg) if only is None or c.condition in only])
     with workspace_lock(out_dir), ExitStack() as bar:  # one study per output folder
         advance: list[Callable[[int], None]] = []
         cached = [0]
@@ -72,7 +82,11 @@ def study(
             log=lambda s: err.print(s, markup=False) if not json_out else None,
             workers=workers or usable_cores(),
             cells_start=cells_start,
+            only=only,
         )
+        if only is not None:
+            _report_part(results, out_dir, only, json_out)
+            return
         paths = write_outputs(results, out_dir, phantom=phantom)
     if json_out:
         print_json({k: str(v) for k, v in paths.items()})
@@ -80,5 +94,17 @@ def study(
         out.print(
             f"study complete: {len(results)} cells; report {paths['report']}, "
             f"plot {paths['plot']}, tables in {out_dir}",
+            markup=False,
+        )
+
+
+def _report_part(results: list[dict], out_dir: Path, only: list[str], json_out: bool) -> None:
+    """A run of some conditions: what it finished, and that the study is not done yet."""
+    if json_out:
+        print_json({"out": str(out_dir), "conditions": only, "cells": len(results), "report": None})
+    else:
+        out.print(
+            f"{len(results)} cells of {', '.join(only)} done in {out_dir}; run again without "
+            "--condition to finish the study and write its report",
             markup=False,
         )

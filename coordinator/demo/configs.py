@@ -20,6 +20,7 @@ CONDITIONS = (
     "synthetic-t2w",
     "federated-synthetic",
 )
+FEDERATED = "federated-synthetic"  # the condition that waits for the federation's model
 SPLIT = "{ train = 0.6, val = 0.15, test = 0.25, seed = 0 }"
 
 

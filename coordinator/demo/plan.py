@@ -108,7 +108,9 @@ QUICK = DemoPlan(
         "trust": 1,
         "import": 1,
         "federate": 15,
-        "study": 50,  # 36 cells, two at a time
+        # 30 cells two at a time beside the federation, then its 6 and the report
+        "study-ready": 40,
+        "study": 12,
         "checks": 5,
     },
 )
@@ -151,7 +153,8 @@ FULL = DemoPlan(
         "trust": 1,
         "import": 5,
         "federate": 20,
-        "study": 138,
+        "study-ready": 110,
+        "study": 30,
         "checks": 10,
     },
 )

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator.demo.configs import write_fed_toml, write_study_toml
+from coordinator.demo.configs import CONDITIONS, FEDERATED, write_fed_toml, write_study_toml
 from coordinator.demo.plan import DemoPlan
 from coordinator.demo.steps import DemoState, Runner, StepFailed, tool
 from shared.atomic import atomic_write_text
@@ -51,6 +51,7 @@ class Step:
     name: str
     kind: str  # key into DemoPlan.expected_seconds (for the ETA)
     action: Callable[[], dict[str, Any] | None]
+    with_previous: bool = False  # a coordinator step run side by side with the one before
 
 
 class Demo:
@@ -123,11 +124,14 @@ class Demo:
 
     def coordinator_steps(self) -> list[Step]:
         """After every lane: the coordinator pins the sites' keys, imports their bundles,
-        runs the federation and the study."""
+        runs the federation and the study. The study's conditions that do not need the
+        federation run while it does (its rounds leave the cores half idle); the study then
+        runs the federated condition's cells and writes its report."""
         return [
             Step("trust", "trust", self._trust),
             Step("import", "import", self._import),
             Step("federate", "federate", self._federate),
+            Step("study-ready", "study-ready", self._study_ready, with_previous=True),
             Step("study", "study", self._study),
         ]
 
@@ -297,29 +301,45 @@ class Demo:
             imported[step] = str(_abs(res["folder"]))
         return {"imports": imported}
 
+    def _fed_config(self) -> Path:
+        """fed.toml (written again, atomically and alike, by each step that reads it: the
+        federation and the study's first part start together)."""
+        return write_fed_toml(self.plan, self.coord, self.sites)
+
     def _federate(self) -> dict[str, Any]:
-        fed = write_fed_toml(self.plan, self.coord, self.sites)
+        fed = self._fed_config()
         res = self.runner.run("federate", [*COORD, "federate", "--config", str(fed), "--json"],
                               want_json=True)  # fmt: skip
         return {"config": str(fed), **res}
 
-    def _study(self) -> dict[str, Any]:
+    def _study_config(self) -> Path:
         imports = self.state.output("import")["imports"]
         src = self.plan.sites[0].name
-        cfg = write_study_toml(
+        return write_study_toml(
             self.plan,
             self.coord,
             src,
             Path(imports[f"export-weights-real-{src}"]) / "weights" / "classifier",
             Path(imports[f"export-weights-reconstructed-{src}"]) / "weights" / "classifier",
             [Path(imports[f"export-synthetic-{s.name}"]) / "cases" for s in self.plan.sites],
-            Path(self.state.output("federate")["config"]),  # its pretrained/ model
+            self._fed_config(),  # its pretrained/ model, once the federation has run
         )
-        out = self.coord / "study"
+
+    def _study_cmd(self, cfg: Path) -> list[str]:
         # one cell per core at a time: the small classifier keeps one core busier than two
-        cmd = [*COORD, "study", "--config", str(cfg), "--out", str(out), "--phantom",
-               "--workers", "0", "--json"]  # fmt: skip
-        res = self.runner.run("study", cmd, want_json=True)
+        return [*COORD, "study", "--config", str(cfg), "--out", str(self.coord / "study"),
+                "--phantom", "--workers", "0", "--json"]  # fmt: skip
+
+    def _study_ready(self) -> dict[str, Any]:
+        cfg = self._study_config()
+        ready = [c for c in CONDITIONS if c != FEDERATED]
+        cmd = self._study_cmd(cfg) + [arg for c in ready for arg in ("--condition", c)]
+        res = self.runner.run("study-ready", cmd, want_json=True)
+        return {"conditions": ready, "cells": res["cells"]}
+
+    def _study(self) -> dict[str, Any]:
+        cfg = self._study_config()
+        res = self.runner.run("study", self._study_cmd(cfg), want_json=True)
         return {"config": str(cfg), **res}
 
     # -- driving ----------------------------------------------------------------------------
@@ -336,14 +356,13 @@ class Demo:
         jobs: int = 0,
     ) -> None:
         """Run every unfinished step: up to ``jobs`` lanes at once (0: all of them), each in
-        its order, then the coordinator's steps. ``on_start(step)`` before and ``on_step(step,
-        skipped, seconds)`` after each (called one at a time). After a failure the other lanes
-        finish the step they are in and stop; the first failure is raised."""
+        its order, then the coordinator's steps (those marked ``with_previous`` beside the one
+        before them). ``on_start(step)`` before and ``on_step(step, skipped, seconds)`` after
+        each (called one at a time). After a failure the other lanes finish the step they are
+        in and stop; the first failure is raised."""
         lanes = self.lanes()
-        width = len(lanes) if jobs <= 0 else min(jobs, len(lanes))
-        self.lanes_at_once = width
+        self.lanes_at_once = len(lanes) if jobs <= 0 else min(jobs, len(lanes))
         report = threading.Lock()
-        failed: list[BaseException] = []
 
         def one(step: Step) -> None:
             if self.state.done(step.name):
@@ -361,6 +380,25 @@ class Demo:
                 self.state.finish(step.name, seconds, outputs, self.runner.take_cpu())
                 on_step(step, False, seconds)
 
+        self._side_by_side(lanes, jobs, one)
+        stages: list[list[Step]] = []
+        for step in self.coordinator_steps():
+            if step.with_previous and stages:
+                stages[-1].append(step)
+            else:
+                stages.append([step])
+        for stage in stages:
+            self._side_by_side([[step] for step in stage], jobs, one)
+
+    def _side_by_side(
+        self, lanes: list[list[Step]], jobs: int, one: Callable[[Step], None]
+    ) -> None:
+        """Each lane's steps in order, up to ``jobs`` lanes at once (0: all), each step's
+        commands with its share of the cores; the first failure is raised once the other
+        lanes have finished the step they were in."""
+        width = len(lanes) if jobs <= 0 else min(jobs, len(lanes))
+        failed: list[BaseException] = []
+
         def lane(steps: list[Step]) -> None:
             with self._lock:
                 self._active_lanes += 1
@@ -375,13 +413,17 @@ class Demo:
                 with self._lock:
                     self._active_lanes -= 1
 
+        if width <= 1:  # in this thread: no pool for a single step
+            for steps in lanes:
+                lane(steps)
+                if failed:
+                    raise failed[0]
+            return
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="demo-lane") as pool:
             for fut in [pool.submit(lane, steps) for steps in lanes]:
                 fut.result()
         if failed:
             raise failed[0]
-        for step in self.coordinator_steps():
-            one(step)
 
 
 def _abs(path: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,8 +199,11 @@ def run_study(
     max_cells: int | None = None,
     workers: int = 1,
     cells_start: Callable[[int], None] | None = None,
+    only: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) every cell; returns all cell results in grid order. ``max_cells``
+    """Run (or continue) every cell; returns all cell results in grid order. ``only`` names
+    the conditions to pretrain and run now (the others' cells are left for a later run, e.g.
+    while their federation is still running); their results are what is returned. ``max_cells``
     stops early after that many new cells (for tests of resumption). ``workers`` > 1 fine-tunes
     that many cells at a time, each in its own process with an equal share of the CPU threads
     (the small classifier keeps one core busier than it keeps two). ``cells_start(k)`` is
@@ -210,8 +213,9 @@ def run_study(
     data, split = _load_external(cfg, out)  # an empty store is refused before any write
     atomic_write_json(out / "config.json", _config_record(cfg))
     grid = tuple(data.x.shape[2:])
-    states = {c.name: pretrained_state(cfg, c, out, grid, log) for c in cfg.conditions}
-    cells = cells_of(cfg)
+    chosen = _chosen_conditions(cfg, only)
+    states = {c.name: pretrained_state(cfg, c, out, grid, log) for c in chosen}
+    cells = [c for c in cells_of(cfg) if c.condition in states]
     done: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
     for n, cell in enumerate(cells):
@@ -279,6 +283,19 @@ def affordable_workers(workers: int, data_bytes: int, log: Callable[[str], None]
             f"{avail / 2**30:.1f} GiB is available"
         )
     return min(workers, cap)
+
+
+def _chosen_conditions(cfg: StudyConfig, only: Sequence[str] | None) -> list[Condition]:
+    if only is None:
+        return list(cfg.conditions)
+    names = [c.name for c in cfg.conditions]
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise InputError(
+            f"no condition {', '.join(map(repr, unknown))} in the study config",
+            hint=f"its conditions: {', '.join(names)}",
+        )
+    return [c for c in cfg.conditions if c.name in set(only)]
 
 
 def _cell_path(out: Path, cell: Cell) -> Path:
