@@ -18,8 +18,9 @@ would on their own machines; each step's torch, BLAS and OpenMP get its share of
 (``OMP_NUM_THREADS``: thread pools that spin must not share a core), while the phantom writer
 keeps a process per core (processes share cores without that cost: the external institution's
 phantoms, the longest step of the quick demo, then use what the hospitals' lanes leave idle).
-The coordinator's steps run one after another once every lane is done. Phantom
-data checks the machinery, not clinical truth.
+The coordinator's steps run once every lane is done, one after another except the study's
+conditions that need no federation, which run beside the federation (its rounds leave the cores
+half idle). Phantom data checks the machinery, not clinical truth.
 """
 
 from __future__ import annotations

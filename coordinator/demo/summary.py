@@ -228,7 +228,9 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
         lines += [
             f"Up to {rec['lanes_at_once']} lanes ran side by side (each hospital's steps and "
             "the external institution's, sharing the cores), so their times overlap and add "
-            "up to more than the total; the coordinator's steps ran after them.",
+            "up to more than the total; the coordinator's steps ran after them (the "
+            "study's conditions that need no federation, `study-ready`, beside the "
+            "federation).",
             "",
         ]
     cpu = rec.get("step_cpu_seconds", {})
