@@ -102,10 +102,3 @@ def assert_same_volume(ours: Volume, ref: Volume, atol_mm: float = 1e-3) -> None
     assert (r >= 0).all() and (r < np.array(ref.shape)).all()
     ref_vals = ref.array[r[:, 0], r[:, 1], r[:, 2]]
     np.testing.assert_allclose(ours.array.reshape(-1), ref_vals, rtol=0, atol=1e-3)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow end-to-end tests first (longest-first scheduling): pytest-xdist then starts
-    them on both workers at once and the many short tests fill in around them, instead of a
-    long test starting last and running alone at the end of the suite."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
