@@ -6,28 +6,7 @@ import numpy as np
 
 from shared.case_format import scale_adc, scale_percentile
 from shared.profiles import GridSpec
-from shared.volume import Volume, grid_affine, resample
-
-
-def percentiles(array: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
-    """``np.percentile(array, q)`` (its default linear method, to the last bit or so: numpy
-    interpolates with a slightly different formula). Most acquired MR volumes hold
-    whole numbers below 65536 (uint16 pixels, slope 1): those are counted rather than
-    partially sorted: the same order statistics in a fifth of the time (1.3 vs 6.7 ms, a T2)."""
-    flat = array.ravel()
-    if flat.size and flat.min() >= 0 and flat.max() < 65536:
-        ints = flat.astype(np.uint16)
-        if np.array_equal(ints, flat):
-            cdf = np.cumsum(np.bincount(ints))
-            out = []
-            for p in q:
-                pos = (flat.size - 1) * p / 100.0
-                below = int(np.floor(pos))
-                # the values of ranks ``below`` and ``below + 1`` (0-based) in sorted order
-                lo, hi = np.searchsorted(cdf, [below, min(below + 1, flat.size - 1)], "right")
-                out.append(float(lo + (pos - below) * (hi - lo)))
-            return tuple(out)
-    return tuple(float(v) for v in np.percentile(array, q))
+from shared.volume import Volume, grid_affine, percentiles, resample
 
 
 def case_grid(t2w: Volume, grid: GridSpec, center: np.ndarray | None = None) -> np.ndarray:

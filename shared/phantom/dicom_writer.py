@@ -24,6 +24,7 @@ from pydicom.uid import (
 from shared.dicom.element_cache import ElementCache
 from shared.phantom.acquire import SeriesGrid
 from shared.phantom.vendors import VENDORS, set_b_value
+from shared.volume import percentiles
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -173,7 +174,7 @@ def write_series(
             ds.ImagePositionPatient = [_fmt(v) for v in pos]
             ds.SliceLocation = _fmt(float(pos @ g.normal))
             frame = _pixels_for_slice(stack, k, series)
-            p60, p99 = np.percentile(frame, [60, 99])
+            p60, p99 = percentiles(frame, (60.0, 99.0))
             ds.WindowCenter = _fmt(float(p60))
             ds.WindowWidth = _fmt(max(float(p99 * 1.2), 1.0))
             path = folder / f"{names[instance]}.dcm"
