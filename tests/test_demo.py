@@ -220,6 +220,40 @@ def test_a_step_is_charged_the_cpu_of_its_own_processes(tmp_path: Path) -> None:
     assert "CPU" in (tmp_path / "logs" / "mine.log").read_text()
 
 
+def test_an_interrupted_step_lets_its_command_clean_up(tmp_path: Path) -> None:
+    """Ctrl-C reaches the demo and its step's command alike; the command (e.g. the federation
+    stopping its Flower servers) gets time to finish its cleanup before anything is killed."""
+    child = (
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(tmp_path / 'pid')!r}).write_text(str(os.getpid()))\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "finally:\n"
+        "    time.sleep(0.5)  # stopping its servers\n"
+        f"    pathlib.Path({str(tmp_path / 'cleaned')!r}).write_text('yes')\n"
+    )
+    demo = (
+        "import os, pathlib, signal, sys, threading, time\n"
+        "from coordinator.demo.steps import Runner\n"
+        f"pid = pathlib.Path({str(tmp_path / 'pid')!r})\n"
+        "def ctrl_c():  # what a terminal does: SIGINT to the demo and to its command\n"
+        "    while not pid.is_file():\n"
+        "        time.sleep(0.05)\n"
+        "    time.sleep(0.2)\n"
+        "    os.kill(int(pid.read_text()), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "threading.Thread(target=ctrl_c, daemon=True).start()\n"
+        "try:\n"
+        f"    cmd = [sys.executable, '-c', {child!r}]\n"
+        f"    Runner(pathlib.Path({str(tmp_path)!r}), {{}}).run('fed', cmd)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", demo], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert (tmp_path / "cleaned").read_text() == "yes"
+
+
 def test_unreadable_state_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "demo-state.json").write_text("{not json")
     with pytest.raises(InputError):

@@ -170,6 +170,29 @@ def test_conditions_ready_now_run_first_and_the_study_finishes_later(stores, tmp
 
     r = CliRunner().invoke(coordinator_app, [*base, "--condition", "nonee"])
     assert r.exit_code == 3 and "no condition 'nonee'" in r.stderr and "Traceback" not in r.output
+    fresh = tmp_path / "fresh"  # a misspelt condition is refused before the folder is made
+    r = CliRunner().invoke(coordinator_app, [*base[:-1], str(fresh), "--condition", "nonee"])
+    assert r.exit_code == 3 and not fresh.exists()
+
+
+def test_a_study_with_results_refuses_a_config_that_trains_its_cells_another_way(stores, tmp_path):
+    """Finished cells are reused by condition, fraction and seed: a later run whose config
+    would train them differently is refused (one line, exit 3), not reported beside them."""
+    p = write_config(tmp_path / "study.toml", stores)
+    out = tmp_path / "out"
+    study_run.run_study(load_study_config(p), out, max_cells=2, only=["none"])
+    p.write_text(p.read_text().replace("steps = 6", "steps = 12"))
+    r = CliRunner().invoke(coordinator_app, ["study", "--config", str(p), "--out", str(out)])
+    assert r.exit_code == 3 and "Traceback" not in r.output
+    assert "finetune differ" in r.stderr and "new output folder" in r.stderr
+    assert len(list((out / "cells").rglob("*.json"))) == 2  # nothing trained the new way
+    # A wider grid or another condition does not touch the finished cells.
+    p.write_text(
+        p.read_text().replace("steps = 12", "steps = 6").replace("[0.25, 1.0]", "[0.25, 0.5, 1.0]")
+        + '\n[conditions.none-again]\nkind = "none"\n'
+    )
+    r = CliRunner().invoke(coordinator_app, ["study", "--config", str(p), "--out", str(out)])
+    assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,9 @@ def study(
         typer.Option(
             "--condition",
             help="Run only this condition's cells now (repeatable), e.g. those whose inputs are "
-            "ready while a federation still runs. No report is written; a later run without "
-            "--condition keeps these cells and finishes the study.",
+            "ready while a federation still runs. No report is written (--json prints out, "
+            "conditions, cells done and report: null); a later run without --condition keeps "
+            "these cells and finishes the study.",
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print output paths as JSON.")] = False,
@@ -55,12 +56,13 @@ def study(
     A stopped study continues where it stopped."""
     from coordinator.study.config import load_study_config
     from coordinator.study.report import write_outputs
-    from coordinator.study.run import cells_of, run_study, usable_cores
+    from coordinator.study.run import cells_of, chosen_conditions, run_study, usable_cores
     from shared.workspace_lock import workspace_lock
 
     cfg = load_study_config(config)
     out_dir = output or config.with_suffix("")
     only = sorted(set(condition)) if condition else None
+    chosen_conditions(cfg, only)  # a misspelt name is refused before the folder is touched
     n = len([c for c in cells_of(cfg) if only is None or c.condition in only])
     with workspace_lock(out_dir), ExitStack() as bar:  # one study per output folder
         advance: list[Callable[[int], None]] = []

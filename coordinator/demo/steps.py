@@ -20,6 +20,7 @@ from shared.atomic import atomic_write_json
 from shared.errors import InputError, ToolkitError
 
 STATE = "demo-state.json"
+INTERRUPT_GRACE_S = 15.0  # how long an interrupted step's command may take to stop
 
 
 class StepFailed(ToolkitError):
@@ -200,6 +201,15 @@ def _run_counted(cmd: list[str], log: Any, env: dict[str, str]) -> tuple[int, st
         stdout = proc.stdout.read()
         proc.stdout.close()
         _, status, usage = os.wait4(proc.pid, 0)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the command too (one process group): let it stop its own servers
+        # and finish its writes before it is killed.
+        try:
+            proc.wait(timeout=INTERRUPT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     except BaseException:
         proc.kill()
         proc.wait()

@@ -239,8 +239,9 @@ def render(demo: Demo, rec: dict[str, Any]) -> str:
     if cpu:
         lines += [
             "",
-            f"CPU seconds (user + system, each step's processes): {sum(cpu.values()):.0f} in "
-            f"all, on {len(os.sched_getaffinity(0))} core(s).",
+            f"CPU seconds (user + system, each step's processes): {sum(cpu.values()):.0f} for "
+            f"the steps listed, on {len(os.sched_getaffinity(0))} core(s) (a failed attempt's "
+            "and a step finished before CPU was recorded are not counted).",
         ]
     lines += ["", "## Where things are", ""]
     lines += [f"- {k}: {v}" for k, v in rec["where"].items()]

@@ -209,11 +209,11 @@ def run_study(
     (the small classifier keeps one core busier than it keeps two). ``cells_start(k)`` is
     called once the conditions are pretrained, before any cell runs, with the number of cells
     finished by an earlier run (``progress`` then reports those first)."""
+    chosen = chosen_conditions(cfg, only)  # a misspelt condition is refused before any write
     out.mkdir(parents=True, exist_ok=True)
     data, split = _load_external(cfg, out)  # an empty store is refused before any write
-    atomic_write_json(out / "config.json", _config_record(cfg))
+    _keep_config(cfg, out)
     grid = tuple(data.x.shape[2:])
-    chosen = _chosen_conditions(cfg, only)
     states = {c.name: pretrained_state(cfg, c, out, grid, log) for c in chosen}
     cells = [c for c in cells_of(cfg) if c.condition in states]
     done: dict[int, dict[str, Any]] = {}
@@ -285,7 +285,45 @@ def affordable_workers(workers: int, data_bytes: int, log: Callable[[str], None]
     return min(workers, cap)
 
 
-def _chosen_conditions(cfg: StudyConfig, only: Sequence[str] | None) -> list[Condition]:
+# What the study's cells depend on beyond their own condition, fraction and seed; the grid's
+# extent (fractions, seed counts), the config's path and the other conditions do not matter.
+_GRID_ONLY = ("path", "conditions", "fractions", "seeds", "seeds_large", "small_fraction_max")
+
+
+def _keep_config(cfg: StudyConfig, out: Path) -> None:
+    """Write ``out/config.json``. Finished cells are reused by condition, fraction and seed, so
+    a config that trains them another way (external cases, split, network, training settings,
+    or the definition of a condition that has results) is refused while results are there:
+    they would be reported beside cells trained differently. Adding conditions, fractions or
+    seeds is fine."""
+    path, record = out / "config.json", _config_record(cfg)
+    started = any((out / "cells").rglob("*.json")) or any((out / "pretrained").rglob("*"))
+    if started and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = {}
+        changed = sorted(
+            k
+            for k in set(record) | set(before)
+            if k not in _GRID_ONLY and record.get(k) != before.get(k)
+        )
+        old = {c["name"]: c for c in before.get("conditions", []) if isinstance(c, dict)}
+        changed += [
+            f"conditions.{c['name']}"
+            for c in record["conditions"]
+            if c["name"] in old and old[c["name"]] != c
+        ]
+        if changed:
+            raise InputError(
+                f"the study in {out} has results made with another config "
+                f"({', '.join(changed)} differ)",
+                hint="start the study in a new output folder, or restore the earlier config",
+            )
+    atomic_write_json(path, record)
+
+
+def chosen_conditions(cfg: StudyConfig, only: Sequence[str] | None) -> list[Condition]:
     if only is None:
         return list(cfg.conditions)
     names = [c.name for c in cfg.conditions]

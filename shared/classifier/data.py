@@ -142,6 +142,8 @@ def resample_inplane_affine(batch, inplane, z_scale, shift):
     blend = (src == z0[:, None, :]) * (1 - w1)[:, None, :] + (src == z0[:, None, :] + 1) * w1[
         :, None, :
     ]  # (N, source slice, output slice)
+    # (dense: a non-finite slice spreads to the whole case, where taps would keep it to its
+    # neighbours; training stops on a non-finite loss either way)
     slices = torch.einsum("ncxyz,nzk->nkcxy", batch, blend).reshape(n * nz, c, nx, ny)
     # In-plane: grid_sample's 2D grid holds (w, h) = (y, x) for a (.., X, Y) slice.
     xo, yo = centres(nx)[None, :, None], centres(ny)[None, None, :]
