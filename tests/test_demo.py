@@ -341,11 +341,12 @@ def _recorder(demo: Demo, events: list[tuple], name: str, fail: str | None = Non
 
     def run() -> dict:
         t0 = time.monotonic()
+        threads = demo._threads()  # as a command started now would get them
         if name == fail:
             time.sleep(0.1)  # the other lanes are in their first step by now
             raise StepFailed(f"demo step {name} failed (exit 3): bad input", exit_code=3)
         time.sleep(0.3)
-        events.append((name, t0, time.monotonic(), demo._threads()))
+        events.append((name, t0, time.monotonic(), threads))
         return {"ran": name}
 
     return run

@@ -399,10 +399,14 @@ class Demo:
         lanes have finished the step they were in."""
         width = len(lanes) if jobs <= 0 else min(jobs, len(lanes))
         failed: list[BaseException] = []
+        # Counted before any lane starts, so the first command started already gets its share
+        # (not every core because the other lanes' threads had not started yet); a finished
+        # lane leaves the count only once no queued lane takes its place.
+        unfinished = [len(lanes)]
+        with self._lock:
+            self._active_lanes += width
 
         def lane(steps: list[Step]) -> None:
-            with self._lock:
-                self._active_lanes += 1
             try:
                 for step in steps:
                     if failed:
@@ -412,12 +416,16 @@ class Demo:
                 failed.append(exc)
             finally:
                 with self._lock:
-                    self._active_lanes -= 1
+                    unfinished[0] -= 1
+                    if unfinished[0] < width:
+                        self._active_lanes -= 1
 
         if width <= 1:  # in this thread: no pool for a single step
-            for steps in lanes:
+            for i, steps in enumerate(lanes):
                 lane(steps)
                 if failed:
+                    with self._lock:  # the lanes that will not run leave the count too
+                        self._active_lanes -= 1 if i < len(lanes) - 1 else 0
                     raise failed[0]
             return
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="demo-lane") as pool:
