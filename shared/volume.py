@@ -284,7 +284,8 @@ def percentiles(array: np.ndarray, q: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def _whole_uint16(flat: np.ndarray) -> np.ndarray | None:
-    """``flat`` as uint16 when every value is a whole number in [0, 65535], else None."""
+    """``flat`` as unsigned integers (for ``bincount``) when every value is a whole number in
+    [0, 65535], else None."""
     if not flat.size:
         return None
     if flat.dtype in (np.uint8, np.uint16):

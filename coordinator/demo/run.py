@@ -402,7 +402,7 @@ class Demo:
         # Counted before any lane starts, so the first command started already gets its share
         # (not every core because the other lanes' threads had not started yet); a finished
         # lane leaves the count only once no queued lane takes its place.
-        unfinished = [len(lanes)]
+        unfinished, counted = [len(lanes)], [width]
         with self._lock:
             self._active_lanes += width
 
@@ -417,20 +417,23 @@ class Demo:
             finally:
                 with self._lock:
                     unfinished[0] -= 1
-                    if unfinished[0] < width:
+                    if unfinished[0] < counted[0]:
+                        counted[0] -= 1
                         self._active_lanes -= 1
 
-        if width <= 1:  # in this thread: no pool for a single step
-            for i, steps in enumerate(lanes):
-                lane(steps)
-                if failed:
-                    with self._lock:  # the lanes that will not run leave the count too
-                        self._active_lanes -= 1 if i < len(lanes) - 1 else 0
-                    raise failed[0]
-            return
-        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="demo-lane") as pool:
-            for fut in [pool.submit(lane, steps) for steps in lanes]:
-                fut.result()
+        try:
+            if width <= 1:  # in this thread: no pool for one lane at a time
+                for steps in lanes:
+                    lane(steps)
+                    if failed:
+                        break
+            else:
+                with ThreadPoolExecutor(width, thread_name_prefix="demo-lane") as pool:
+                    for fut in [pool.submit(lane, steps) for steps in lanes]:
+                        fut.result()
+        finally:
+            with self._lock:  # lanes that never ran (after a failure) leave the count too
+                self._active_lanes -= counted[0]
         if failed:
             raise failed[0]
 

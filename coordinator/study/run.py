@@ -324,6 +324,8 @@ def _keep_config(cfg: StudyConfig, out: Path) -> None:
 
 
 def chosen_conditions(cfg: StudyConfig, only: Sequence[str] | None) -> list[Condition]:
+    """The conditions named in ``only`` (all of them for None); an unknown name is an input
+    error that lists the config's conditions."""
     if only is None:
         return list(cfg.conditions)
     names = [c.name for c in cfg.conditions]
@@ -333,7 +335,8 @@ def chosen_conditions(cfg: StudyConfig, only: Sequence[str] | None) -> list[Cond
             f"no condition {', '.join(map(repr, unknown))} in the study config",
             hint=f"its conditions: {', '.join(names)}",
         )
-    return [c for c in cfg.conditions if c.name in set(only)]
+    wanted = set(only)
+    return [c for c in cfg.conditions if c.name in wanted]
 
 
 def _cell_path(out: Path, cell: Cell) -> Path:
