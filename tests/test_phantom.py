@@ -205,3 +205,61 @@ def test_ellipsoid_bounds_are_the_tightest_box_and_solid_boxes_have_full_weight(
     assert body.solid_at(np.array([[50.0, 50, 50], [-50, -50, -50]]), edge)  # fills a FOV
     irregular = Ellipsoid(np.zeros(3), np.full(3, 50.0), irregularity=0.1)
     assert not irregular.solid_at(np.zeros((1, 3)), edge)  # not convex: never declared solid
+
+
+def _random_lattices(rng, n):
+    """Lattices of random angulated grids around a drawn patient's gland, with a box inside
+    each (and the patient)."""
+    from shared.phantom.acquire import lattice, make_grid, orientation
+    from shared.phantom.anatomy import draw_patient
+
+    for trial in range(n):
+        patient = draw_patient(rng, positive=bool(trial % 2))
+        kind = ("axial", "sagittal", "coronal")[trial % 3]
+        grid = make_grid(
+            patient.prostate_center + rng.normal(0, 3, 3),
+            orientation(kind, float(rng.normal(0, 8))),
+            float(rng.uniform(0.5, 2.5)),
+            float(rng.uniform(40, 100)),
+            3.6,
+            int(rng.integers(1, 15)),
+        )
+        lat = lattice(grid, k_offset=float(rng.uniform(-0.4, 0.4)))
+        lo = [int(rng.integers(0, n)) for n in lat.shape]
+        box = tuple(
+            slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(lo, lat.shape, strict=True)
+        )
+        yield patient, lat, box
+
+
+def test_lattice_coordinates_and_structure_weights_are_the_point_lists_bit_for_bit():
+    """The phantom evaluates structures on a lattice box's coordinate arrays (``coords``,
+    ``weight_at``): the same numbers as the (n, 3) point list and ``weight``, to the bit."""
+    rng = np.random.default_rng(11)
+    for patient, lat, box in _random_lattices(rng, 9):
+        for b in (None, box):
+            pts = lat.points(b)
+            x, y, z = lat.coords(b)
+            shape = tuple(s.stop - s.start for s in b) if b else lat.shape
+            assert x.shape == y.shape == z.shape == shape
+            assert np.array_equal(np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1), pts)
+            shapes = [s for _, s in patient.structures + patient.mimics]
+            shapes += [les.shape for les in patient.lesions] + [patient.prostate]
+            for s in shapes:
+                w = s.weight_at(x, y, z, 1.5)
+                assert np.array_equal(w, s.weight(pts, 1.5).reshape(shape)), type(s).__name__
+
+
+def test_smooth_field_on_a_lattice_is_the_sum_of_cosines_at_its_points():
+    """``SmoothField.on_lattice`` (per-axis complex exponentials, one matrix product) against
+    the field's definition evaluated at every point: the texture's short waves and the bias
+    field's long ones, on angulated lattices with sub-slice offsets and boxes."""
+    from shared.phantom.anatomy import SmoothField
+
+    rng = np.random.default_rng(5)
+    for patient, lat, box in _random_lattices(rng, 9):
+        bias = SmoothField.random(rng, 6, (250.0, 450.0))
+        for field in (patient.texture, bias):
+            for b in (None, box):
+                direct = field(lat.points(b)).reshape(lat.coords(b)[0].shape)
+                assert np.allclose(field.on_lattice(lat, b), direct, rtol=0, atol=1e-12)

@@ -98,14 +98,8 @@ def lattice(grid: SeriesGrid, k_offset: float = 0.0) -> Lattice:
     return Lattice(a[:3, 3], a[:3, :3], grid.shape, k_offset)
 
 
-def grid_points(grid: SeriesGrid, k_offset: float = 0.0) -> np.ndarray:
-    """LPS positions (N x 3, mm) of every voxel centre, in (i, j, k) C order; ``k_offset``
-    shifts them along the slice axis (in voxels)."""
-    return lattice(grid, k_offset).points()
-
-
 def bias_field(field: SmoothField, grid: SeriesGrid, amplitude: float) -> np.ndarray:
-    return (1.0 + amplitude * field(grid_points(grid))).reshape(grid.shape).astype(np.float32)
+    return (1.0 + amplitude * field.on_lattice(lattice(grid))).astype(np.float32)
 
 
 def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -48,12 +48,17 @@ class Ellipsoid:
     phase: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     def radius_norm(self, p: np.ndarray) -> np.ndarray:
-        """Normalised radius: < 1 inside, 1 on the surface."""
+        """Normalised radius at the (n, 3) points ``p``: < 1 inside, 1 on the surface."""
         d = p - self.center
+        return self._radius(d[:, 0], d[:, 1], d[:, 2])
+
+    def _radius(self, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray) -> np.ndarray:
+        """Normalised radius at the offsets (dx, dy, dz) from the centre (arrays of one
+        shape)."""
         c, s = np.cos(self.yaw), np.sin(self.yaw)
-        x = (c * d[:, 0] + s * d[:, 1]) / self.radii[0]
-        y = (-s * d[:, 0] + c * d[:, 1]) / self.radii[1]
-        z = d[:, 2] / self.radii[2]
+        x = (c * dx + s * dy) / self.radii[0]
+        y = (-s * dx + c * dy) / self.radii[1]
+        z = dz / self.radii[2]
         r = np.sqrt(x * x + y * y + z * z)
         if self.irregularity > 0:
             rr = np.maximum(r, 1e-6)
@@ -86,17 +91,18 @@ class Ellipsoid:
         return self.center - half, self.center + half
 
     def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
-        """Soft membership in [0, 1]; the edge is ``edge_mm`` wide (partial volume)."""
-        # Only points inside the bounding sphere can have weight: evaluate those alone.
+        """Soft membership in [0, 1] at the (n, 3) points ``p`` (see ``weight_at``)."""
+        return self.weight_at(p[:, 0], p[:, 1], p[:, 2], edge_mm)
+
+    def weight_at(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, edge_mm: float) -> np.ndarray:
+        """Soft membership in [0, 1] at the points with LPS coordinates ``x``, ``y``, ``z``
+        (arrays of one shape); the edge is ``edge_mm`` wide (partial volume)."""
+        dx, dy, dz = x - self.center[0], y - self.center[1], z - self.center[2]
         reach = self.reach(edge_mm)
-        d = p - self.center
-        near = np.einsum("ij,ij->i", d, d) < reach * reach
-        out = np.zeros(p.shape[0], dtype=np.float64)
-        if np.any(near):
-            r = self.radius_norm(p[near])
-            scale = float(np.min(self.radii))
-            out[near] = np.clip(0.5 + (1.0 - r) * scale / max(edge_mm, 1e-3), 0.0, 1.0)
-        return out
+        near = dx * dx + dy * dy + dz * dz < reach * reach  # outside it the weight is 0
+        scale = float(np.min(self.radii))
+        w = np.clip(0.5 + (1.0 - self._radius(dx, dy, dz)) * scale / max(edge_mm, 1e-3), 0.0, 1.0)
+        return np.where(near, w, 0.0)
 
     def solid_at(self, corners: np.ndarray, edge_mm: float) -> bool:
         """Whether the weight is exactly 1 in the whole box spanned by ``corners``: a regular
@@ -127,10 +133,17 @@ class Cylinder:
         return lo, hi
 
     def weight(self, p: np.ndarray, edge_mm: float) -> np.ndarray:
-        q = (p[:, :2] - self.center_xy) / self.radii_xy
-        r = np.sqrt(np.sum(q * q, axis=1))
+        """Soft membership in [0, 1] at the (n, 3) points ``p`` (see ``weight_at``)."""
+        return self.weight_at(p[:, 0], p[:, 1], p[:, 2], edge_mm)
+
+    def weight_at(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, edge_mm: float) -> np.ndarray:
+        """Soft membership in [0, 1] at the points with LPS coordinates ``x``, ``y``, ``z``
+        (arrays of one shape); the edges are ``edge_mm`` wide (partial volume)."""
+        qx = (x - self.center_xy[0]) / self.radii_xy[0]
+        qy = (y - self.center_xy[1]) / self.radii_xy[1]
+        r = np.sqrt(qx * qx + qy * qy)
         w = np.clip(0.5 + (1.0 - r) * float(np.min(self.radii_xy)) / max(edge_mm, 1e-3), 0, 1)
-        wz = np.clip(0.5 + np.minimum(p[:, 2] - self.z0, self.z1 - p[:, 2]) / edge_mm, 0, 1)
+        wz = np.clip(0.5 + np.minimum(z - self.z0, self.z1 - z) / edge_mm, 0, 1)
         return w * wz
 
     def solid_at(self, corners: np.ndarray, edge_mm: float) -> bool:
@@ -165,7 +178,27 @@ class SmoothField:
         )
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
+        """The field at the (n, 3) points ``p``."""
         return np.cos(p @ self.k.T + self.phase) @ self.amp
+
+    def on_lattice(
+        self, lattice: Lattice, box: tuple[slice, slice, slice] | None = None
+    ) -> np.ndarray:
+        """The field at the points of ``lattice`` in ``box`` (default: all), shaped like the
+        box: ``self(lattice.points(box))`` to rounding, without a cosine per point and wave.
+
+        On a lattice a plane wave factorises by axis, cos(k.p + phase) = Re(e^{i(k.o + phase)}
+        e^{i i k.a_i} e^{i j k.a_j} e^{i l k.a_l}), so the sum over waves is one complex matrix
+        product of per-axis factors.
+        """
+        si, sj, sk = box or tuple(slice(0, n) for n in lattice.shape)
+        along = self.k @ lattice.axes  # (waves, 3): k . (step along i, j, k)
+        start = self.amp * np.exp(1j * (self.phase + self.k @ lattice.origin))
+        fi = np.exp(1j * np.outer(np.arange(si.start, si.stop), along[:, 0])) * start
+        fj = np.exp(1j * np.outer(np.arange(sj.start, sj.stop), along[:, 1]))
+        fk = np.exp(1j * np.outer(np.arange(sk.start, sk.stop) + lattice.k_offset, along[:, 2]))
+        plane = (fi[:, None, :] * fj[None, :, :]).reshape(-1, len(self.amp))
+        return (plane @ fk.T).real.reshape(len(fi), len(fj), len(fk))
 
 
 @dataclass
@@ -392,6 +425,20 @@ class Lattice:
         depth = (np.arange(sk.start, sk.stop) + self.k_offset)[:, None] * a[:, 2] + self.origin
         return (plane[:, :, None, :] + depth[None, None, :, :]).reshape(-1, 3)
 
+    def coords(
+        self, box: tuple[slice, slice, slice] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The L, P and S coordinates of the points of ``box`` (default: all), each an array
+        shaped like the box: ``points(box)``'s columns, bit for bit (the same sums), without
+        its (n, 3) layout, whose columns are strided."""
+        si, sj, sk = box or tuple(slice(0, n) for n in self.shape)
+        a = self.axes
+        i = np.arange(si.start, si.stop)[:, None, None]
+        j = np.arange(sj.start, sj.stop)[None, :, None]
+        k = (np.arange(sk.start, sk.stop) + self.k_offset)[None, None, :]
+        x, y, z = ((i * a[c, 0] + j * a[c, 1]) + (k * a[c, 2] + self.origin[c]) for c in range(3))
+        return x, y, z
+
     def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
         """The index box holding every lattice point inside the LPS box [lo, hi]; None if it
         holds none."""
@@ -429,8 +476,7 @@ def evaluate(patient: Patient, lattice: Lattice, edge_mm: float) -> dict[str, np
         size = tuple(s.stop - s.start for s in box)
         if shape.solid_at(lattice.corners(box), edge_mm):  # type: ignore[attr-defined]
             return box, np.ones(size)  # e.g. the body around the field of view
-        w = shape.weight(lattice.points(box), edge_mm)  # type: ignore[attr-defined]
-        return box, w.reshape(size)
+        return box, shape.weight_at(*lattice.coords(box), edge_mm)  # type: ignore[attr-defined]
 
     def paint(tissue: str, box, w: np.ndarray, override: dict[str, float] | None = None) -> None:
         vals = dict(zip(PROPS, TISSUES[tissue], strict=True))
@@ -457,7 +503,7 @@ def evaluate(patient: Patient, lattice: Lattice, edge_mm: float) -> dict[str, np
     if np.any(inside):  # glandular heterogeneity ("organised chaos" of the TZ)
         box = got[0]  # type: ignore[index]
         sub_inside = inside[box]
-        tex = patient.texture(lattice.points(box)[sub_inside.ravel()]).astype(np.float32)
+        tex = patient.texture.on_lattice(lattice, box)[sub_inside].astype(np.float32)
         pw = prostate_w[box][sub_inside]
         props["t2"][box][sub_inside] *= 1.0 + 0.12 * tex * pw
         props["adc"][box][sub_inside] *= 1.0 + 0.05 * tex * pw
