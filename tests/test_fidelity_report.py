@@ -369,6 +369,71 @@ def test_cli_command_prints_where_the_report_is(workspace, tmp_path):
     rec = json.loads(res.output)
     assert rec["diagnostics"]["tstr"]["auc_train_real"] is not None
     assert rec["diagnostics"]["precision_recall"]["adc"]["synthetic"]["k"] == 3
+    # the same inputs again: the stored report, said so; --recompute computes it again
+    res = CliRunner().invoke(
+        app, ["fidelity", "-w", str(workspace), "--out", str(out), "--n-boot", "0"]
+    )
+    assert res.exit_code == 0 and "up to date: computed" in res.output, res.output
+    assert res.output.index(" t2w: KID") < res.output.index(" hbv: KID") < res.output.index(" adc")
+    args = ["fidelity", "-w", str(workspace), "--out", str(out), "--n-boot", "0", "--json"]
+    assert json.loads(CliRunner().invoke(app, args).output)["reused"] is True
+    again = json.loads(CliRunner().invoke(app, [*args, "--recompute"]).output)
+    assert again["reused"] is False and again["created"] >= rec["created"]
     (tmp_path / "empty").mkdir()  # a workspace that exists but holds no cases
     res = CliRunner().invoke(app, ["fidelity", "-w", str(tmp_path / "empty")])
     assert res.exit_code == 3 and "no synthetic cases" in res.output
+
+
+def test_a_stored_report_is_reused_until_any_input_changes(workspace, tmp_path, monkeypatch):
+    """``reuse``: the stored report comes back as it is, nothing read or encoded, while its
+    cases, autoencoder, settings and code are the same; each change recomputes it, and so
+    does a report file gone missing. Without ``reuse`` it is always computed."""
+    from site_agent.generative import fidelity_inputs
+
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace / "cases", ws / "cases")
+    shutil.copytree(model_dir(workspace, "autoencoder"), model_dir(ws, "autoencoder"))
+    first = fr.write_fidelity_report(ws, seed=0, n_boot=0)
+    assert first["reused"] is False and len(first["inputs_sha256"]) == 64
+    scanned: list[str] = []
+    scan = fr._scan_side
+
+    def counting_scan(name, *args, **kwargs):
+        scanned.append(name)
+        return scan(name, *args, **kwargs)
+
+    monkeypatch.setattr(fr, "_scan_side", counting_scan)
+
+    def computed(**kw) -> bool:
+        """Whether the report was computed (its cases read and encoded) this time."""
+        scanned.clear()
+        rep = fr.write_fidelity_report(ws, seed=0, **({"n_boot": 0, "reuse": True} | kw))
+        assert rep["reused"] == (not scanned)
+        return bool(scanned)
+
+    stored = fr.write_fidelity_report(ws, seed=0, n_boot=0, reuse=True)
+    assert stored["reused"] and stored["created"] == first["created"]
+    assert stored["sequences"] == json.loads(json.dumps(first["sequences"]))
+    assert not computed()
+    assert computed(reuse=False)  # without reuse: always computed
+    assert computed(n_boot=3) and not computed(n_boot=3)  # a setting
+    (model_dir(ws, "autoencoder") / "model.safetensors").write_bytes(
+        (model_dir(workspace, "autoencoder") / "model.safetensors").read_bytes()
+    )  # rewritten with the same bytes: the same inputs
+    assert not computed(n_boot=3)
+    make_synthetic(ws, shift=0.25)  # other synthetic cases
+    assert computed(n_boot=3) and not computed(n_boot=3)
+    (ws / "reports" / "fidelity" / "montage.png").unlink()
+    assert computed(n_boot=3) and not computed(n_boot=3)
+    monkeypatch.setattr(fidelity_inputs, "_code_digest", lambda: "another version")
+    assert computed(n_boot=3)
+    # the latent cache's index (which real cases were training cases) and the weights count too
+    digests = [fidelity_inputs.inputs_digest(ws, {"n_boot": 3})]
+    index = ws / "work" / "generative" / "latents" / "index.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text('{"cases": []}')
+    digests.append(fidelity_inputs.inputs_digest(ws, {"n_boot": 3}))
+    weights = model_dir(ws, "autoencoder") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    digests.append(fidelity_inputs.inputs_digest(ws, {"n_boot": 3}))
+    assert len(set(digests)) == 3

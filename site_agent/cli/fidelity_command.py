@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from shared.case_format import SEQUENCES
 from shared.cli_support import err, handle_errors, out, print_json
 from shared.workspace_lock import locks_workspace
 
@@ -37,7 +38,17 @@ def fidelity(
             help="Steps of the diagnostics' classifiers (default: the profile's pretraining).",
         ),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    recompute: Annotated[
+        bool,
+        typer.Option(
+            "--recompute",
+            help="Compute the report again even when the stored one was computed from the same "
+            "cases, autoencoder, settings and code (by default that one is shown as it is).",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (with reused: true/false).")
+    ] = False,
 ) -> None:
     """Compare WORKSPACE/cases/synthetic with WORKSPACE/cases/real for t2w, hbv and adc
     separately: KID and Fréchet distance on features of the site's own autoencoder (with
@@ -45,24 +56,37 @@ def fidelity(
     MS-SSIM diversity, a montage, and whether the set is worth exporting (label fidelity,
     train-on-synthetic-test-on-real, precision/recall). Writes fidelity.json, fidelity.md and
     montage.png. The montage shows real patients: it stays on site and is never part of an
-    export."""
+    export. A report whose inputs have not changed since it was computed is shown as stored
+    (--recompute computes it again)."""
     from site_agent.generative.fidelity_report import write_fidelity_report
 
     if not json_out:
-        err.print("[dim]encoding cases and computing the report...[/]")
+        err.print("[dim]checking the stored report's inputs, computing it if they changed...[/]")
     report = write_fidelity_report(
-        workspace, out_dir, seed=seed, n_boot=n_boot, classifier_steps=classifier_steps
+        workspace,
+        out_dir,
+        seed=seed,
+        n_boot=n_boot,
+        classifier_steps=classifier_steps,
+        reuse=not recompute,
     )
     if json_out:
         print_json(report)
         return
+    if report["reused"]:
+        out.print(
+            f"up to date: computed {report['created']} from the same cases, autoencoder, "
+            "settings and code (--recompute computes it again)",
+            highlight=False,
+        )
     c = report["cases"]
     out.print(
         f"{c['real']['total']} real vs {c['synthetic']['total']} synthetic cases "
         f"(features: {report['encoder']['n_features']} per sequence from the site's autoencoder)",
         highlight=False,
     )
-    for s, seq in report["sequences"].items():
+    for s in SEQUENCES:  # in this order (a stored report's keys are sorted)
+        seq = report["sequences"][s]
         d, b = seq["distance"], seq["distance"]["baseline"]
         lc, dv = seq["lesion_contrast"], seq["diversity"]
         ci = d["kid_ci95"]
@@ -92,10 +116,11 @@ def _diagnostics_line(d: dict[str, Any]) -> str:
     if "error" in d:
         return f"worth exporting? not computed: {d['error']}"
     lf, t = d["label_fidelity"], d["tstr"]
+    per = d["precision_recall"]
     pr = " ".join(
-        f"{s} {_num(v['synthetic']['precision'])}/{_num(v['synthetic']['recall'])}"
-        for s, v in d["precision_recall"].items()
-        if v["synthetic"]
+        f"{s} {_num(per[s]['synthetic']['precision'])}/{_num(per[s]['synthetic']['recall'])}"
+        for s in SEQUENCES
+        if s in per and per[s]["synthetic"]
     )
     return (
         f"worth exporting? label-fidelity AUC {_num(lf['auc_synthetic'])} (held-out real "

@@ -60,6 +60,7 @@ from site_agent.generative.fidelity import (
     lesion_contrast,
     lesion_ring,
 )
+from site_agent.generative.fidelity_inputs import inputs_digest, report_paths, stored_report
 
 FORMAT = "fidelity-report/1"
 MIN_CASES = 4  # per side
@@ -558,7 +559,7 @@ def _load_encoder(workspace: Path, device: Any) -> tuple[list[Any], str, int, di
 
 def _stores(workspace: Path) -> tuple[list[Path], list[Path], list[CaseMeta], list[CaseMeta]]:
     from site_agent.generative.data import real_store
-    from site_agent.generative.pipeline import synthetic_store
+    from site_agent.generative.layout import synthetic_store
 
     syn_store, real_dir = synthetic_store(workspace), real_store(workspace)
     syn = list_cases(syn_store)
@@ -623,10 +624,15 @@ def write_fidelity_report(
     n_boot: int = 200,
     *,
     classifier_steps: int | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Compare ``WS/cases/synthetic`` with ``WS/cases/real`` per sequence and write
     ``fidelity.json``, ``fidelity.md`` and ``montage.png`` to ``out_dir`` (default
-    ``WS/reports/fidelity``); returns the JSON content (plus the file paths).
+    ``WS/reports/fidelity``); returns the JSON content (plus the file paths, and ``reused``).
+
+    With ``reuse``, a report already in ``out_dir`` that was computed from the same inputs
+    (``fidelity_inputs.inputs_digest``: cases, autoencoder, settings, code) is returned as it
+    is, without computing anything.
 
     The diagnostics section (``synthetic_diagnostics``; ``classifier_steps`` defaults to the
     profile's pretraining steps) is replaced by ``{"error": why}`` when the site's data cannot
@@ -635,14 +641,20 @@ def write_fidelity_report(
     Raises ``InputError`` without synthetic cases, without a trained autoencoder, or with fewer
     than ``MIN_CASES`` cases on either side. Deterministic for a given ``seed``.
     """
-    from site_agent.generative.pipeline import default_device
-
     t_start = time.perf_counter()
     workspace = Path(workspace)
     out_dir = Path(out_dir) if out_dir is not None else workspace / "reports" / "fidelity"
     if n_boot < 0:
         raise InputError("n_boot must be >= 0")
     real_f, syn_f, real_m, syn_m = _stores(workspace)
+    settings = {"format": FORMAT, "seed": seed, "n_boot": n_boot, "steps": classifier_steps}
+    digest = inputs_digest(workspace, settings)
+    files = report_paths(out_dir)
+    if reuse and (stored := stored_report(out_dir, digest)) is not None:
+        return stored | {"paths": {k: str(v) for k, v in files.items()}, "reused": True}
+
+    from site_agent.generative.pipeline import default_device  # torch: after the checks
+
     device = default_device()
     body, _, _, enc_info = _load_encoder(workspace, device)
     rng = np.random.default_rng(seed)
@@ -755,16 +767,12 @@ def write_fidelity_report(
     }
     timings["total"] = time.perf_counter() - t_start
     report["seconds"] = timings
-    files = {
-        "json": out_dir / "fidelity.json",
-        "markdown": out_dir / "fidelity.md",
-        "montage": out_dir / "montage.png",
-    }
+    report["inputs_sha256"] = digest
     report["files"] = {k: v.name for k, v in files.items()}
     atomic_write_bytes(files["montage"], png)
     atomic_write_text(files["markdown"], render_markdown(report, workspace))
-    atomic_write_json(files["json"], report)
-    return report | {"paths": {k: str(v) for k, v in files.items()}}
+    atomic_write_json(files["json"], report)  # last: it marks the report complete
+    return report | {"paths": {k: str(v) for k, v in files.items()}, "reused": False}
 
 
 def _diagnostics(

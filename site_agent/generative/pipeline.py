@@ -41,6 +41,7 @@ from site_agent.generative.latents import (
     load_cache,
     sha256_file,
 )
+from site_agent.generative.layout import WEIGHTS, model_dir, synthetic_store, work_dir
 from site_agent.generative.sampling import (
     SamplerSettings,
     decode_scaled,
@@ -49,20 +50,6 @@ from site_agent.generative.sampling import (
     write_batch,
 )
 from site_agent.generative.trainloop import Progress, precision_name
-
-WEIGHTS = "model.safetensors"
-
-
-def model_dir(workspace: Path, stage: str) -> Path:
-    return workspace / "models" / "generative" / stage
-
-
-def work_dir(workspace: Path, stage: str) -> Path:
-    return workspace / "work" / "generative" / stage
-
-
-def synthetic_store(workspace: Path) -> Path:
-    return workspace / "cases" / "synthetic"
 
 
 def default_device() -> torch.device:
