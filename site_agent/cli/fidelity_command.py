@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.case_format import SEQUENCES
 from shared.cli_support import err, handle_errors, out, print_json
 from shared.workspace_lock import locks_workspace
 
@@ -58,6 +57,7 @@ def fidelity(
     montage.png. The montage shows real patients: it stays on site and is never part of an
     export. A report whose inputs have not changed since it was computed is shown as stored
     (--recompute computes it again)."""
+    from shared.case_format import SEQUENCES
     from site_agent.generative.fidelity_report import write_fidelity_report
 
     if not json_out:
@@ -113,6 +113,8 @@ def fidelity(
 
 def _diagnostics_line(d: dict[str, Any]) -> str:
     """One line: label fidelity and TSTR beside their real references, recall per sequence."""
+    from shared.case_format import SEQUENCES
+
     if "error" in d:
         return f"worth exporting? not computed: {d['error']}"
     lf, t = d["label_fidelity"], d["tstr"]
