@@ -183,8 +183,6 @@ def ingest(
 ) -> None:
     """Build one case per study (t2w, hbv, adc on the profile grid) in WORKSPACE/cases/real.
     Re-running skips cases already ingested from the same inputs."""
-    from site_agent.privacy.identifiers import harvest_identifiers, record_identifiers
-
     report = run_dicom_ingest(
         dicom_dir,
         labels,
@@ -195,7 +193,6 @@ def ingest(
         _workers(workers),
         json_out,
         store="real",
-        on_scan=lambda result: record_identifiers(workspace, harvest_identifiers(result)),
     )
     if json_out:
         print_json(report.to_json())

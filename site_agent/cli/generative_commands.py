@@ -189,8 +189,6 @@ def train(
     if dicom_dir is not None:
         import os
 
-        from site_agent.privacy.identifiers import harvest_identifiers, record_identifiers
-
         run_dicom_ingest(
             dicom_dir,
             labels,
@@ -201,7 +199,6 @@ def train(
             os.cpu_count() or 1,
             json_out,
             store="real",
-            on_scan=lambda result: record_identifiers(workspace, harvest_identifiers(result)),
         )
     from site_agent.generative.pipeline import model_dir, train_generative  # torch: after checks
 

@@ -46,10 +46,9 @@ def run_dicom_ingest(
     workers: int,
     quiet: bool,
     store: str = "real",
-    on_scan: Callable[[ScanResult], None] | None = None,
 ) -> IngestReport:
     """``site-agent ingest`` and ``train``: bars, then the summary; the entry point records the
-    identifiers itself (``on_scan`` is only an extra look at the scan)."""
+    scan's identifiers in the deny-list itself."""
     from contextlib import ExitStack
 
     from shared.errors import InputError
@@ -79,7 +78,6 @@ def run_dicom_ingest(
             masks=masks,
             mapping=mapping,
             workers=workers,
-            on_scan=on_scan,
             progress=IngestProgress(scan_cb, ingest_cb),
         )
     if not quiet:

@@ -48,11 +48,10 @@ def ingest_site(
     masks: Path | None = None,
     mapping: Path | None = None,
     workers: int = 1,
-    on_scan: Callable[[ScanResult], None] | None = None,
     progress: IngestProgress | None = None,
 ) -> IngestReport:
     """Scan ``dicom_dir``, record its identifiers in the deny-list, ingest every complete
-    study into ``workspace/cases/real``. ``on_scan`` is an extra look at the scan."""
+    study into ``workspace/cases/real``."""
     from shared.dicom.scan import load_mapping
     from shared.ingest.labels import read_labels
 
@@ -61,8 +60,6 @@ def ingest_site(
 
     def seen(result: ScanResult) -> None:
         record_source_identifiers(workspace, result)
-        if on_scan is not None:
-            on_scan(result)
 
     return ingest_dicom_dir(
         dicom_dir, workspace, profile, sheet, masks, rules, workers, "real", seen, progress
