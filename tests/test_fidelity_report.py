@@ -427,8 +427,11 @@ def test_a_stored_report_is_reused_until_any_input_changes(workspace, tmp_path, 
     assert computed(n_boot=3) and not computed(n_boot=3)
     monkeypatch.setattr(fidelity_inputs, "_code_digest", lambda: "another version")
     assert computed(n_boot=3)
-    # the latent cache's index (which real cases were training cases) and the weights count too
+    # the diagnostics' split of the real cases, the latent index and the weights count too
     digests = [fidelity_inputs.inputs_digest(ws, {"n_boot": 3})]
+    holdout = model_dir(ws, "autoencoder").parent / "holdout.json"
+    holdout.write_text('{"train": [], "heldout": []}')
+    digests.append(fidelity_inputs.inputs_digest(ws, {"n_boot": 3}))
     index = ws / "work" / "generative" / "latents" / "index.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text('{"cases": []}')
@@ -436,4 +439,4 @@ def test_a_stored_report_is_reused_until_any_input_changes(workspace, tmp_path, 
     weights = model_dir(ws, "autoencoder") / "model.safetensors"
     weights.write_bytes(weights.read_bytes() + b" ")
     digests.append(fidelity_inputs.inputs_digest(ws, {"n_boot": 3}))
-    assert len(set(digests)) == 3
+    assert len(set(digests)) == 4

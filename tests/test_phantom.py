@@ -207,6 +207,10 @@ def test_ellipsoid_bounds_are_the_tightest_box_and_solid_boxes_have_full_weight(
     assert not irregular.solid_at(np.zeros((1, 3)), edge)  # not convex: never declared solid
 
 
+def _box_shape(box: tuple[slice, slice, slice]) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in box)
+
+
 def _random_lattices(rng, n):
     """Lattices of random angulated grids around a drawn patient's gland, with a box inside
     each (and the patient)."""
@@ -232,9 +236,30 @@ def _random_lattices(rng, n):
         yield patient, lat, box
 
 
+def _point_list_weight(shape, p: np.ndarray, edge: float) -> np.ndarray:
+    """A structure's weights at the (n, 3) points ``p`` as the phantom computed them before it
+    evaluated coordinate arrays (an ellipsoid only at the points within its reach)."""
+    from shared.phantom.anatomy import Ellipsoid
+
+    if isinstance(shape, Ellipsoid):
+        reach, d = shape.reach(edge), p - shape.center
+        near = np.einsum("ij,ij->i", d, d) < reach * reach
+        out = np.zeros(p.shape[0])
+        if np.any(near):
+            r = shape.radius_norm(p[near])
+            scale = float(np.min(shape.radii))
+            out[near] = np.clip(0.5 + (1.0 - r) * scale / max(edge, 1e-3), 0.0, 1.0)
+        return out
+    q = (p[:, :2] - shape.center_xy) / shape.radii_xy
+    r = np.sqrt(np.sum(q * q, axis=1))
+    w = np.clip(0.5 + (1.0 - r) * float(np.min(shape.radii_xy)) / max(edge, 1e-3), 0, 1)
+    return w * np.clip(0.5 + np.minimum(p[:, 2] - shape.z0, shape.z1 - p[:, 2]) / edge, 0, 1)
+
+
 def test_lattice_coordinates_and_structure_weights_are_the_point_lists_bit_for_bit():
     """The phantom evaluates structures on a lattice box's coordinate arrays (``coords``,
-    ``weight_at``): the same numbers as the (n, 3) point list and ``weight``, to the bit."""
+    ``weight_at``): the same numbers as the (n, 3) point list and the point-list weights it
+    used before, to the bit."""
     rng = np.random.default_rng(11)
     for patient, lat, box in _random_lattices(rng, 9):
         for b in (None, box):
@@ -247,7 +272,8 @@ def test_lattice_coordinates_and_structure_weights_are_the_point_lists_bit_for_b
             shapes += [les.shape for les in patient.lesions] + [patient.prostate]
             for s in shapes:
                 w = s.weight_at(x, y, z, 1.5)
-                assert np.array_equal(w, s.weight(pts, 1.5).reshape(shape)), type(s).__name__
+                ref = _point_list_weight(s, pts, 1.5).reshape(shape)
+                assert np.array_equal(w, ref), type(s).__name__
 
 
 def test_smooth_field_on_a_lattice_is_the_sum_of_cosines_at_its_points():
@@ -263,3 +289,5 @@ def test_smooth_field_on_a_lattice_is_the_sum_of_cosines_at_its_points():
             for b in (None, box):
                 direct = field(lat.points(b)).reshape(lat.coords(b)[0].shape)
                 assert np.allclose(field.on_lattice(lat, b), direct, rtol=0, atol=1e-12)
+    flat = SmoothField(np.zeros((0, 3)), np.zeros(0), np.zeros(0))  # no waves: 0 everywhere
+    assert np.array_equal(flat.on_lattice(lat, box), flat(lat.points(box)).reshape(_box_shape(box)))

@@ -192,6 +192,8 @@ class SmoothField:
         product of per-axis factors.
         """
         si, sj, sk = box or tuple(slice(0, n) for n in lattice.shape)
+        if len(self.amp) == 0:  # no waves: the field is 0, as ``__call__`` gives
+            return np.zeros((si.stop - si.start, sj.stop - sj.start, sk.stop - sk.start))
         along = self.k @ lattice.axes  # (waves, 3): k . (step along i, j, k)
         start = self.amp * np.exp(1j * (self.phase + self.k @ lattice.origin))
         fi = np.exp(1j * np.outer(np.arange(si.start, si.stop), along[:, 0])) * start

@@ -4,9 +4,11 @@ A site reads its fidelity report again (``site-agent fidelity``) after ``generat
 when nothing it is computed from has changed, the stored report is the answer, and recomputing
 it would cost an import of the models and an encoding of every case for the same numbers. The
 digest covers every input: the case files of both stores (images, masks and labels), the
-autoencoder's weights, the latent cache's index (it decides which real cases were training
-cases), the report's settings, and the code that computes it (the sources of
-``site_agent.generative`` and ``shared.classifier``). No torch here.
+autoencoder's weights, the split of the real cases (``holdout.json``, read by the diagnostics)
+and the latent cache's index, the report's settings, and the code that computes it (the
+sources of ``site_agent.generative``, ``shared.classifier`` and the shared modules it uses,
+and the versions of the numerical libraries). No torch here: the device is not part of it
+(``--recompute`` after moving a workspace to a GPU machine).
 """
 
 from __future__ import annotations
@@ -24,14 +26,30 @@ from site_agent.generative.layout import WEIGHTS, model_dir, synthetic_store, wo
 REPORT_FILES = {"json": "fidelity.json", "markdown": "fidelity.md", "montage": "montage.png"}
 
 
+LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "monai")
+SHARED_MODULES = ("profiles.py", "metrics.py", "case_format.py", "weights.py", "volume.py")
+
+
 def _code_digest() -> str:
-    """SHA-256 of the sources that compute the report: a new version recomputes it."""
+    """SHA-256 of the sources that compute the report and the library versions it runs on: a
+    new version of either recomputes it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import shared
     import shared.classifier
 
+    here, shared_dir = Path(__file__).parent, Path(shared.__file__).parent
+    sources = [*here.glob("*.py"), *Path(shared.classifier.__file__).parent.glob("*.py")]
+    sources += [shared_dir / name for name in SHARED_MODULES]
     h = hashlib.sha256()
-    for package in (Path(__file__).parent, Path(shared.classifier.__file__).parent):
-        for src in sorted(package.glob("*.py")):
-            h.update(src.name.encode() + b"\0" + src.read_bytes())
+    for src in sorted(sources):
+        h.update(src.relative_to(shared_dir.parent).as_posix().encode() + b"\0")
+        h.update(src.read_bytes())
+    for lib in LIBRARIES:
+        try:
+            h.update(f"{lib}=={version(lib)};".encode())
+        except PackageNotFoundError:
+            h.update(f"{lib} absent;".encode())
     return h.hexdigest()
 
 
@@ -40,7 +58,11 @@ def inputs_digest(workspace: Path, settings: dict[str, Any]) -> str:
     ws = Path(workspace)
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     h.update(_code_digest().encode())
-    files = [model_dir(ws, "autoencoder") / WEIGHTS, work_dir(ws, "latents") / "index.json"]
+    files = [
+        model_dir(ws, "autoencoder") / WEIGHTS,
+        model_dir(ws, "autoencoder").parent / "holdout.json",  # the diagnostics' real split
+        work_dir(ws, "latents") / "index.json",
+    ]
     for store in (real_store(ws), synthetic_store(ws)):
         for case in list_cases(store):
             files += sorted(p for p in case.rglob("*") if p.is_file())
@@ -56,7 +78,7 @@ def report_paths(out_dir: Path) -> dict[str, Path]:
 
 def stored_report(out_dir: Path, digest: str) -> dict[str, Any] | None:
     """The report stored in ``out_dir`` if it was computed from inputs with ``digest`` and all
-    its files are there; None otherwise."""
+    its files are there (``fidelity.json`` is written last); None otherwise."""
     paths = report_paths(out_dir)
     try:
         report = json.loads(paths["json"].read_text())

@@ -769,6 +769,9 @@ def write_fidelity_report(
     report["seconds"] = timings
     report["inputs_sha256"] = digest
     report["files"] = {k: v.name for k, v in files.items()}
+    # fidelity.json marks a complete report (its digest allows reuse): gone until the other
+    # two files are written, so a stop in between cannot pair it with newer ones
+    files["json"].unlink(missing_ok=True)
     atomic_write_bytes(files["montage"], png)
     atomic_write_text(files["markdown"], render_markdown(report, workspace))
     atomic_write_json(files["json"], report)  # last: it marks the report complete
