@@ -402,11 +402,12 @@ class Demo:
         # Counted before any lane starts, so the first command started already gets its share
         # (not every core because the other lanes' threads had not started yet); a finished
         # lane leaves the count only once no queued lane takes its place.
-        unfinished, counted = [len(lanes)], [width]
+        unfinished, counted = len(lanes), width
         with self._lock:
             self._active_lanes += width
 
         def lane(steps: list[Step]) -> None:
+            nonlocal unfinished, counted
             try:
                 for step in steps:
                     if failed:
@@ -416,9 +417,9 @@ class Demo:
                 failed.append(exc)
             finally:
                 with self._lock:
-                    unfinished[0] -= 1
-                    if unfinished[0] < counted[0]:
-                        counted[0] -= 1
+                    unfinished -= 1
+                    if unfinished < counted:
+                        counted -= 1
                         self._active_lanes -= 1
 
         try:
@@ -433,7 +434,7 @@ class Demo:
                         fut.result()
         finally:
             with self._lock:  # lanes that never ran (after a failure) leave the count too
-                self._active_lanes -= counted[0]
+                self._active_lanes -= counted
         if failed:
             raise failed[0]
 

@@ -154,9 +154,10 @@ def split_real(workspace: Path) -> RealSplit:
     existed, or cases made by hand) a label-stratified split is made here, which the generator
     may have seen: the split's ``source`` says so."""
     from site_agent.generative.data import holdout_split
+    from site_agent.generative.layout import holdout_path
 
     real = [f for f in list_cases(workspace / "cases" / "real") if _label(f) is not None]
-    path = workspace / "models" / "generative" / "holdout.json"
+    path = holdout_path(workspace)
     if path.is_file():
         try:
             held = set(json.loads(path.read_text())["held_out"])

@@ -21,11 +21,15 @@ from typing import Any
 from shared.bundle.format import sha256_file
 from shared.case_format import list_cases
 from site_agent.generative.data import real_store
-from site_agent.generative.layout import WEIGHTS, model_dir, synthetic_store, work_dir
+from site_agent.generative.layout import (
+    WEIGHTS,
+    holdout_path,
+    latent_index_path,
+    model_dir,
+    synthetic_store,
+)
 
 REPORT_FILES = {"json": "fidelity.json", "markdown": "fidelity.md", "montage": "montage.png"}
-
-
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "monai")
 SHARED_MODULES = ("profiles.py", "metrics.py", "case_format.py", "weights.py", "volume.py")
 
@@ -58,11 +62,7 @@ def inputs_digest(workspace: Path, settings: dict[str, Any]) -> str:
     ws = Path(workspace)
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     h.update(_code_digest().encode())
-    files = [
-        model_dir(ws, "autoencoder") / WEIGHTS,
-        model_dir(ws, "autoencoder").parent / "holdout.json",  # the diagnostics' real split
-        work_dir(ws, "latents") / "index.json",
-    ]
+    files = [model_dir(ws, "autoencoder") / WEIGHTS, holdout_path(ws), latent_index_path(ws)]
     for store in (real_store(ws), synthetic_store(ws)):
         for case in list_cases(store):
             files += sorted(p for p in case.rglob("*") if p.is_file())

@@ -650,8 +650,9 @@ def write_fidelity_report(
     settings = {"format": FORMAT, "seed": seed, "n_boot": n_boot, "steps": classifier_steps}
     digest = inputs_digest(workspace, settings)
     files = report_paths(out_dir)
+    paths = {k: str(v) for k, v in files.items()}
     if reuse and (stored := stored_report(out_dir, digest)) is not None:
-        return stored | {"paths": {k: str(v) for k, v in files.items()}, "reused": True}
+        return stored | {"paths": paths, "reused": True}
 
     from site_agent.generative.pipeline import default_device  # torch: after the checks
 
@@ -775,7 +776,7 @@ def write_fidelity_report(
     atomic_write_bytes(files["montage"], png)
     atomic_write_text(files["markdown"], render_markdown(report, workspace))
     atomic_write_json(files["json"], report)  # last: it marks the report complete
-    return report | {"paths": {k: str(v) for k, v in files.items()}, "reused": False}
+    return report | {"paths": paths, "reused": False}
 
 
 def _diagnostics(

@@ -21,3 +21,14 @@ def work_dir(workspace: Path, stage: str) -> Path:
 
 def synthetic_store(workspace: Path) -> Path:
     return workspace / "cases" / "synthetic"
+
+
+def holdout_path(workspace: Path) -> Path:
+    """The real cases ``train`` held out of generative training (the privacy screen and the
+    fidelity diagnostics calibrate on them)."""
+    return workspace / "models" / "generative" / "holdout.json"
+
+
+def latent_index_path(workspace: Path) -> Path:
+    """The latent cache's index: the real cases the generator trained on, its scale factors."""
+    return work_dir(workspace, "latents") / "index.json"

@@ -41,7 +41,13 @@ from site_agent.generative.latents import (
     load_cache,
     sha256_file,
 )
-from site_agent.generative.layout import WEIGHTS, model_dir, synthetic_store, work_dir
+from site_agent.generative.layout import (
+    WEIGHTS,
+    holdout_path,
+    model_dir,
+    synthetic_store,
+    work_dir,
+)
 from site_agent.generative.sampling import (
     SamplerSettings,
     decode_scaled,
@@ -117,7 +123,7 @@ def train_generative(
     data = everything.subset(train_idx)
     if dist.is_main:  # the privacy screen calibrates on these; they never train anything
         atomic_write_json(
-            workspace / "models" / "generative" / "holdout.json",
+            holdout_path(workspace),
             {"held_out": [everything.case_ids[i] for i in held_idx]},
         )
     losses: dict[str, float] = {}

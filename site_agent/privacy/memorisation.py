@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from shared.case_format import SEQUENCES, list_cases, read_case
+from site_agent.generative.layout import latent_index_path, model_dir
 
 Encoder = Callable[[np.ndarray], np.ndarray]  # (B, 3, X, Y, Z) -> (B, D)
 
@@ -144,7 +145,7 @@ def _stats(d: np.ndarray) -> dict[str, float]:
 def split_real_cases(workspace: Path) -> tuple[list[Path], list[Path], str]:
     """(training folders, held-out folders, how the training set was determined)."""
     real = list_cases(Path(workspace) / "cases" / "real")
-    index = Path(workspace) / "work" / "generative" / "latents" / "index.json"
+    index = latent_index_path(Path(workspace))
     try:
         trained = set(json.loads(index.read_text())["cases"])
     except (OSError, ValueError, KeyError):
@@ -163,7 +164,7 @@ def autoencoder_encoder(workspace: Path) -> tuple[Encoder, str, dict[str, float]
     and the autoencoder's SHA-256; None when there is no autoencoder."""
     from shared.bundle.format import sha256_file
 
-    folder = Path(workspace) / "models" / "generative" / "autoencoder"
+    folder = model_dir(Path(workspace), "autoencoder")
     if not (folder / "model.safetensors").is_file():
         return None
     import torch
@@ -185,7 +186,7 @@ def autoencoder_encoder(workspace: Path) -> tuple[Encoder, str, dict[str, float]
     model.eval()
     sha = sha256_file(folder / "model.safetensors")
     scales = None
-    index = Path(workspace) / "work" / "generative" / "latents" / "index.json"
+    index = latent_index_path(Path(workspace))
     try:
         idx = json.loads(index.read_text())
         if idx.get("autoencoder_sha256") == sha:
